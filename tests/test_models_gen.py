@@ -27,7 +27,9 @@ class LoadedModel:
         assert self.model, f"llama.cpp could not load {path}"
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        cparams.n_threads = cparams.n_threads_batch = 2
+        # one thread: tiny models gain nothing from more, and spinning threads on a busy
+        # 2-core machine make each decode take hundreds of milliseconds
+        cparams.n_threads = cparams.n_threads_batch = 1
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         assert self.ctx
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
