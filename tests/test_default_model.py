@@ -13,7 +13,7 @@ def model_path():
     return default_model()
 
 
-def greedy_completion(path, n_tokens=16) -> str:
+def greedy_completion(path, n_tokens=12) -> str:
     llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, n_threads_batch=2, verbose=False)
     try:
         out = llm.create_completion(PROMPT, max_tokens=n_tokens, temperature=0.0)
