@@ -34,8 +34,9 @@ def complete(model, prompt_file, n_predict, threads, n_ctx):
     start = time.perf_counter()
     n_generated = 0
     for chunk in llm.create_completion(prompt, max_tokens=n_predict, temperature=0.0, stream=True):
-        click.echo(chunk["choices"][0]["text"], nl=False)
-        n_generated += 1
+        choice = chunk["choices"][0]
+        click.echo(choice["text"], nl=False)
+        n_generated += choice["finish_reason"] is None  # the closing chunk carries no token
     click.echo()
     elapsed = time.perf_counter() - start
     print(f"{n_generated} tokens in {elapsed:.2f} s ({n_generated / elapsed:.1f} tok/s)", file=sys.stderr)
