@@ -105,13 +105,13 @@ def declare_tensor(writer: gguf.GGUFWriter, name: str, shape, qtype) -> None:
         writer.add_tensor_info(name, shape, np.dtype(np.uint8), math.prod(shape), raw_dtype=qtype)
 
 
-def normal_weights(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return (rng.standard_normal(shape, dtype=np.float32) * WEIGHT_STD).astype(np.float32)
+def normal_weights(rng: np.random.Generator, shape: tuple[int, ...], std: float = WEIGHT_STD) -> np.ndarray:
+    return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
 
 
-def random_matrix(rng, shape, qtype) -> np.ndarray:
+def random_matrix(rng, shape, qtype, std: float = WEIGHT_STD) -> np.ndarray:
     """Quantized random normal weights, through gguf's reference quantizer (slow for big shapes)."""
-    w = normal_weights(rng, shape)
+    w = normal_weights(rng, shape, std)
     if qtype == gguf.GGMLQuantizationType.F32:
         return w
     if qtype == gguf.GGMLQuantizationType.F16:
@@ -152,6 +152,7 @@ def write_llama_gguf(
     seed: int = 0,
     chat_template: str | None = None,
     fast: bool | None = None,
+    weight_std: float = WEIGHT_STD,
 ) -> Path:
     """Write a llama GGUF with random weights; 2-D matrices in `dtype`, norms f32 (= 1).
 
@@ -168,7 +169,6 @@ def write_llama_gguf(
     shapes = tensor_shapes(n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab)
     if fast is None:
         fast = sum(math.prod(s) for s in shapes.values()) > 50_000_000
-    make_matrix = fast_random_matrix if fast else random_matrix
 
     writer = gguf.GGUFWriter(path, "llama")  # writes general.architecture itself
     writer.add_name(f"random-llama-{n_embd}x{n_layer}-{dtype}")
@@ -208,7 +208,8 @@ def write_llama_gguf(
         if len(shape) == 1:
             writer.write_tensor_data(np.ones(shape, dtype=np.float32))
         else:
-            writer.write_tensor_data(make_matrix(rng, shape, qtype))
+            writer.write_tensor_data(random_matrix(rng, shape, qtype, weight_std) if not fast
+                                     else fast_random_matrix(rng, shape, qtype))
     writer.close()
     return path
 
