@@ -1,0 +1,207 @@
+"""Blocks and views over one shared KV cache: the bookkeeping behind Hogwild! inference.
+
+A *block* is a run of tokens stored once in the KV cache (prompt, a worker's step, a separator).
+A *view* is the ordered list of blocks one worker (one llama.cpp sequence) sees. The same block
+sits at a different position in each view; the patched llama.cpp lets a cell shared by several
+sequences have a different position in each (patches/README.md), so moving a block in a view is
+bookkeeping: no token is recomputed and no KV is copied.
+
+Each block has a *canonical* start: the position its stored K is rotated for. Its *delta* in a
+view is (start in that view - canonical start). Tokens are only ever appended to the last block
+of the writer's own view (llama.cpp's rule: a sequence's next token follows its last position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .native import OP_FOLD, OP_SHARE, OP_SHIFT, OP_TAIL, Context
+
+_PARK = 1 << 28  # moved blocks are parked above every real position, then placed
+
+
+@dataclass
+class Block:
+    id: int
+    kind: str                  # prompt | separator | step | finisher
+    owner: str | None = None   # worker name, for traces
+    tokens: list[int] = field(default_factory=list)
+    writer: int | None = None  # the sequence that stored its cells
+    canon: int = 0             # canonical position of tokens[0]
+
+
+@dataclass
+class _Placed:
+    start: int   # view position of the block's first token in this sequence
+    length: int  # how many of its tokens this sequence holds
+
+
+class SharedCache:
+    """W views (sequence ids 0..W-1) over one set of blocks in one llama.cpp context."""
+
+    def __init__(self, ctx: Context, n_views: int):
+        if n_views > ctx.cfg.n_seq_max:
+            raise ValueError(f"{n_views} views need n_seq_max >= {n_views}")
+        self.ctx = ctx
+        self.blocks: dict[int, Block] = {}
+        self.views: list[list[int]] = [[] for _ in range(n_views)]
+        self._placed: list[dict[int, _Placed]] = [{} for _ in range(n_views)]
+        self._tail = [0] * n_views
+        ctx.clear()
+
+    # --- blocks and views ---------------------------------------------------
+
+    def new_block(self, kind: str, owner: str | None = None) -> Block:
+        b = Block(id=len(self.blocks), kind=kind, owner=owner)
+        self.blocks[b.id] = b
+        return b
+
+    def set_view(self, seq: int, block_ids: list[int]) -> None:
+        """The blocks sequence `seq` sees, in order; applied at the next decode (or `sync`)."""
+        if len(set(block_ids)) != len(block_ids):
+            raise ValueError("a block appears twice in one view")
+        self.views[seq] = list(block_ids)
+
+    def materialize(self, seq: int) -> list[int]:
+        """The token sequence of a view: what a fresh single-sequence decode would see."""
+        return [t for b in self.views[seq] for t in self.blocks[b].tokens]
+
+    def view_prefixes(self, seq: int) -> list[tuple[int, int]]:
+        """(block id, length) of each block of the view, for traces."""
+        return [(b, len(self.blocks[b].tokens)) for b in self.views[seq]]
+
+    def view_len(self, seq: int) -> int:
+        return sum(len(self.blocks[b].tokens) for b in self.views[seq])
+
+    def used_cells(self) -> int:
+        return self.ctx.used_cells()
+
+    def unique_tokens(self) -> int:
+        """Tokens of the blocks some view still holds: what the cache must store, once each."""
+        held = {bid for placed in self._placed for bid, pl in placed.items() if pl.length}
+        return sum(len(self.blocks[bid].tokens) for bid in held)
+
+    # --- applying views to the cache ----------------------------------------
+
+    def sync(self) -> None:
+        """Make the cache match the views: drop, move, share, fold, then set tails."""
+        ops: list[tuple[int, int, int, int, int, int]] = []
+        moved: set[int] = set()
+        for seq, view in enumerate(self.views):
+            self._drop_unseen(seq, view)
+            moved |= self._move(seq, view, ops)
+        for seq, view in enumerate(self.views):
+            moved |= self._share(seq, view, ops)
+        self._fold(moved, ops)
+        for seq, view in enumerate(self.views):
+            tail = self._tail_of(seq, view)
+            if tail != self._tail[seq]:
+                ops.append((OP_TAIL, seq, -1, -1, -1, tail))
+                self._tail[seq] = tail
+        self.ctx.apply(ops)
+
+    def _drop_unseen(self, seq: int, view: list[int]) -> None:
+        keep = set(view)
+        placed = self._placed[seq]
+        for bid in [b for b in placed if b not in keep]:
+            pl = placed.pop(bid)
+            if pl.length:
+                self.ctx.seq_rm(seq, pl.start, pl.start + pl.length)
+
+    def _move(self, seq: int, view: list[int], ops) -> set[int]:
+        placed, pos, moving = self._placed[seq], 0, []
+        for bid in view:
+            pl = placed.get(bid)
+            if pl is not None and pl.start != pos:
+                moving.append((bid, pl, pos))
+            pos += len(self.blocks[bid].tokens)
+        # park first, then place: old and new ranges may overlap in any order
+        for _, pl, _ in moving:
+            if pl.length:
+                ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, _PARK))
+        for _, pl, new in moving:
+            if pl.length:
+                ops.append((OP_SHIFT, seq, -1, pl.start + _PARK, pl.start + _PARK + pl.length, new - pl.start - _PARK))
+            pl.start = new
+        return {bid for bid, _, _ in moving}
+
+    def _share(self, seq: int, view: list[int], ops) -> set[int]:
+        placed, pos, grown = self._placed[seq], 0, set()
+        for bid in view:
+            b = self.blocks[bid]
+            pl = placed.setdefault(bid, _Placed(start=pos, length=0))
+            if pl.length < len(b.tokens):
+                src = self._holder(bid, seq)
+                spl = self._placed[src]
+                lo, hi = spl[bid].start + pl.length, spl[bid].start + len(b.tokens)
+                ops.append((OP_SHARE, src, seq, lo, hi, pl.start - spl[bid].start))
+                pl.length = len(b.tokens)
+                grown.add(bid)
+            pos += len(b.tokens)
+        return grown
+
+    def _holder(self, bid: int, exclude: int) -> int:
+        n = len(self.blocks[bid].tokens)
+        w = self.blocks[bid].writer
+        if w is not None and w != exclude and self._placed[w].get(bid, _Placed(0, 0)).length == n:
+            return w
+        for s, placed in enumerate(self._placed):
+            if s != exclude and bid in placed and placed[bid].length == n:
+                return s
+        raise RuntimeError(f"block {bid}: no sequence holds its cells any more")
+
+    def _fold(self, candidates: set[int], ops) -> None:
+        """A delta that every holder of a block shares is folded into its stored K (fewer groups)."""
+        for bid in candidates:
+            b = self.blocks[bid]
+            holders = [(s, p[bid]) for s, p in enumerate(self._placed) if bid in p and p[bid].length]
+            if not holders:
+                continue
+            deltas = {pl.start - b.canon for _, pl in holders}
+            if len(deltas) == 1 and (d := deltas.pop()) != 0:
+                s, pl = holders[0]
+                ops.append((OP_FOLD, s, -1, pl.start, pl.start + pl.length, 0))
+                b.canon += d
+
+    def _tail_of(self, seq: int, view: list[int]) -> int:
+        if not view:
+            return 0
+        b = self.blocks[view[-1]]
+        if b.writer is None:
+            return 0
+        return self._placed[seq][b.id].start - b.canon
+
+    # --- decoding -----------------------------------------------------------
+
+    def decode(self, appends: dict[int, list[int]], all_logits: bool = False) -> dict[int, np.ndarray]:
+        """Append tokens to the last block of each given view, in one batched decode.
+
+        Returns each view's logits after its last new token (all rows with all_logits).
+        """
+        self.sync()
+        items, first = [], {}
+        for seq, toks in appends.items():
+            if not toks:
+                continue
+            b = self.blocks[self.views[seq][-1]]
+            if b.writer is None:
+                b.writer, b.canon = seq, self._placed[seq][b.id].start - self._tail[seq]
+            elif b.writer != seq:
+                raise ValueError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
+            pos0 = self._placed[seq][b.id].start + len(b.tokens)
+            first[seq] = len(items)
+            items += [(t, pos0 + i, seq, all_logits or i == len(toks) - 1) for i, t in enumerate(toks)]
+        logits = self.ctx.decode(items)
+        out, k = {}, 0
+        for seq, toks in appends.items():
+            if not toks:
+                continue
+            b = self.blocks[self.views[seq][-1]]
+            b.tokens.extend(toks)
+            self._placed[seq][b.id].length = len(b.tokens)
+            n = len(toks) if all_logits else 1
+            out[seq] = np.stack(logits[k:k + n]) if all_logits else logits[k]
+            k += n
+        return out

@@ -1,0 +1,231 @@
+"""ctypes bindings for the hogwild additions to llama.h, on the library llama-cpp-python loads.
+
+Everything else comes from llama-cpp-python's own low-level bindings (`llama_cpp.llama_cpp`).
+Importing this module refuses an unpatched library with a clear message.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+ABI_VERSION = 1
+
+OP_SHARE, OP_SHIFT, OP_FOLD, OP_TAIL = 0, 1, 2, 3
+
+
+class NativeError(RuntimeError):
+    """The llama.cpp library is missing, unpatched, or refused an operation."""
+
+
+try:
+    import llama_cpp.llama_cpp as ll
+except Exception as exc:  # pragma: no cover - depends on the installation
+    raise NativeError(
+        f"cannot load llama-cpp-python ({exc}); run `make build` to build the patched library") from exc
+
+_lib = ll._lib
+
+if not hasattr(_lib, "llama_hogwild_abi_version"):
+    raise NativeError(
+        f"the llama.cpp library at {getattr(_lib, '_name', '?')} is not the hogwild-patched build "
+        "(no llama_hogwild_* symbols); run `make build`")
+
+
+class HogwildOp(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int32), ("seq", ctypes.c_int32), ("dst", ctypes.c_int32),
+                ("p0", ctypes.c_int32), ("p1", ctypes.c_int32), ("delta", ctypes.c_int32)]
+
+
+def _bind(name, argtypes, restype):
+    fn = getattr(_lib, name)
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
+_abi_version = _bind("llama_hogwild_abi_version", [], ctypes.c_int32)
+_check = _bind("llama_hogwild_check", [ll.llama_context_p_ctypes], ctypes.c_int32)
+_apply = _bind("llama_hogwild_apply",
+               [ll.llama_context_p_ctypes, ctypes.POINTER(HogwildOp), ctypes.c_int32], ctypes.c_int32)
+_used_cells = _bind("llama_hogwild_used_cells", [ll.llama_context_p_ctypes], ctypes.c_int32)
+_last_error = _bind("llama_hogwild_last_error", [], ctypes.c_char_p)
+
+if _abi_version() != ABI_VERSION:
+    raise NativeError(f"hogwild ABI {_abi_version()} in the library, {ABI_VERSION} expected; run `make build`")
+
+# llama.cpp logs go to a ring buffer (shown with -v); errors quote the last lines
+_log_lines: collections.deque[str] = collections.deque(maxlen=64)
+_log_echo = bool(os.environ.get("HOGWILD_VERBOSE"))
+
+
+@ll.llama_log_callback
+def _log_callback(level, text, user_data):
+    msg = text.decode("utf-8", errors="replace")
+    _log_lines.append(msg)
+    if _log_echo:
+        print(msg, end="", file=__import__("sys").stderr)
+
+
+ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
+ll.llama_backend_init()
+
+
+def set_verbose(on: bool) -> None:
+    global _log_echo
+    _log_echo = on
+
+
+def recent_log(n: int = 8) -> str:
+    """The last llama.cpp log lines, for error messages."""
+    return "".join(list(_log_lines)[-n:]).strip()
+
+
+class Model:
+    """A loaded GGUF model and its vocabulary."""
+
+    def __init__(self, path: str, n_gpu_layers: int = 0):
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        _log_lines.clear()
+        self.ptr = ll.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise NativeError(f"llama.cpp could not load {path}: {recent_log(3) or 'no reason given'}")
+        self.vocab = ll.llama_model_get_vocab(self.ptr)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = ll.llama_model_n_ctx_train(self.ptr)
+        self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        buf = (ll.llama_token * (len(data) + 8))()
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, len(buf), add_special, parse_special)
+        if n < 0:
+            buf = (ll.llama_token * -n)()
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, len(buf), add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        # a context uses its model until it is freed
+        for ctx in list(self._contexts):
+            ctx.close()
+        if self.ptr:
+            ll.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+
+@dataclass
+class ContextConfig:
+    n_ctx: int = 2048
+    n_batch: int = 512
+    n_seq_max: int = 1
+    n_threads: int = 0          # 0: all cores
+    type_k: int = 1             # GGML_TYPE_F16 (0: F32, 8: Q8_0)
+    type_v: int = 1
+    flash_attn: bool = False    # hogwild views need it off (see patches/README.md)
+    hogwild: bool = True        # unified KV cache, views checked supported
+
+
+class Context:
+    """A llama.cpp context with a unified KV cache shared by n_seq_max sequences."""
+
+    def __init__(self, model: Model, cfg: ContextConfig):
+        self.model, self.cfg = model, cfg
+        p = ll.llama_context_default_params()
+        p.n_ctx, p.n_batch, p.n_ubatch = cfg.n_ctx, cfg.n_batch, cfg.n_batch
+        p.n_seq_max = cfg.n_seq_max
+        threads = cfg.n_threads or os.cpu_count() or 1
+        p.n_threads = p.n_threads_batch = threads
+        p.type_k, p.type_v = cfg.type_k, cfg.type_v
+        p.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.kv_unified = True
+        p.no_perf = True
+        _log_lines.clear()
+        self.ptr = ll.llama_init_from_model(model.ptr, p)
+        if not self.ptr:
+            raise NativeError(f"llama.cpp could not create a context (n_ctx={cfg.n_ctx}): "
+                              f"{recent_log(3) or 'no reason given'}")
+        model._contexts.add(self)
+        self.n_ctx = ll.llama_n_ctx(self.ptr)
+        self.memory = ll.llama_get_memory(self.ptr)
+        self._batch = ll.llama_batch_init(cfg.n_batch, 0, max(1, cfg.n_seq_max))
+        if cfg.hogwild and _check(self.ptr) != 0:
+            raise NativeError(_last_error().decode())
+
+    # --- hogwild operations -------------------------------------------------
+
+    def apply(self, ops: list[tuple[int, int, int, int, int, int]]) -> None:
+        """Apply (kind, seq, dst, p0, p1, delta) operations in order, in one call."""
+        if not ops:
+            return
+        arr = (HogwildOp * len(ops))(*[HogwildOp(*op) for op in ops])
+        if _apply(self.ptr, arr, len(ops)) != 0:
+            raise NativeError(_last_error().decode())
+
+    def used_cells(self) -> int:
+        return _used_cells(self.ptr)
+
+    # --- stock operations ---------------------------------------------------
+
+    def clear(self) -> None:
+        ll.llama_memory_clear(self.memory, True)
+        if self.cfg.hogwild:
+            self.apply([(OP_TAIL, s, -1, -1, -1, 0) for s in range(self.cfg.n_seq_max)])
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        ll.llama_memory_seq_rm(self.memory, seq, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return ll.llama_memory_seq_pos_max(self.memory, seq)
+
+    def decode(self, items: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
+        """Decode (token, pos, seq, want_logits) items, in chunks of n_batch.
+
+        Returns the logits of each item that asked for them, in order.
+        """
+        logits: list[np.ndarray] = []
+        n_batch = self.cfg.n_batch
+        for c0 in range(0, len(items), n_batch):
+            chunk = items[c0:c0 + n_batch]
+            b = self._batch
+            for i, (tok, pos, seq, want) in enumerate(chunk):
+                b.token[i], b.pos[i] = tok, pos
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = want
+            b.n_tokens = len(chunk)
+            rc = ll.llama_decode(self.ptr, b)
+            if rc != 0:
+                raise NativeError(f"llama_decode failed ({rc}): {recent_log(3) or 'no reason given'}")
+            for i, (_, _, _, want) in enumerate(chunk):
+                if want:
+                    ptr = ll.llama_get_logits_ith(self.ptr, i)
+                    logits.append(np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy())
+        return logits
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            ll.llama_batch_free(self._batch)
+            ll.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
