@@ -42,5 +42,39 @@ def complete(model, prompt_file, n_predict, threads, n_ctx):
     print(f"{n_generated} tokens in {elapsed:.2f} s ({n_generated / elapsed:.1f} tok/s)", file=sys.stderr)
 
 
+def _int_list(ctx, param, value):
+    try:
+        return [int(v) for v in value.split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-np", "--workers", default="1,2,4", show_default=True, callback=_int_list,
+              help="Worker counts, comma-separated.")
+@click.option("--ctx", "ctxs", default="1024", show_default=True, callback=_int_list,
+              help="Context lengths (tokens per worker view), comma-separated.")
+@click.option("--steps", default=20, show_default=True, help="Timed decode steps per measurement.")
+@click.option("-ngl", "--gpu-layers", default=0, show_default=True, help="Layers to offload to the GPU.")
+@click.option("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores).")
+@click.option("--device", default="cpu", show_default=True, help="Label for the device column.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
+def bench(model, workers, ctxs, steps, gpu_layers, threads, device, json_file):
+    """Median decode-step time of hogwild views against plain llama.cpp, in one run."""
+    import json
+    from dataclasses import asdict
+
+    from hogwild_cpp import bench as b
+
+    rows = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
+                 device=device, progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    click.echo(b.markdown(rows))
+    if json_file:
+        tmp = json_file.with_suffix(json_file.suffix + ".tmp")
+        tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=1))
+        tmp.replace(json_file)
+
+
 if __name__ == "__main__":
     main()

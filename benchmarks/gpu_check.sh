@@ -19,3 +19,15 @@ echo "== built $(date +%T); exported non-ggml symbols of libggml-cuda.so:" \
     "$(nm -D --defined-only /tmp/site/llama_cpp/lib/libggml-cuda.so | awk '{print $3}' | grep -vc '^ggml_' || true)"
 HOGWILD_TEST_NGL=99 HOGWILD_TEST_NO_DEFAULT_MODEL=1 python3 -m pytest -q -p no:cacheprovider \
     tests/test_cache.py tests/test_models_gen.py "$@" 2>&1 | tee "$LOG/tests.log"
+
+# benchmarks (skip with HOGWILD_GPU_BENCH=0): random Q4_0 models generated here, all layers offloaded
+[[ "${HOGWILD_GPU_BENCH:-1}" == 1 ]] || exit 0
+DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+for spec in "1b 1,2,4,8 1024,8192" "8b 1,2,4 1024"; do
+    set -- $spec
+    echo "== bench $1 $(date +%T)"
+    python3 -m models.gguf_gen /tmp/$1.gguf --preset $1 --dtype q4_0 --n-ctx-train 16384
+    timeout 200 python3 cli.py bench /tmp/$1.gguf -np $2 --ctx $3 --steps 20 -ngl 99 --device "$DEV" \
+        --json "$LOG/bench-$1.json" 2>&1 | tee "$LOG/bench-$1.md" || echo "bench $1 stopped early"
+    rm -f /tmp/$1.gguf
+done

@@ -1,0 +1,155 @@
+"""Decode-step timings: hogwild views against plain llama.cpp, in one process and one run.
+
+For W workers at context length L (tokens in each worker's view):
+  hogwild   one step of W workers over a combined layout (prompt, history, W current steps)
+  batched   one step of W sequences of length L with stock llama.cpp (prefix shared by seq_cp)
+  single    one step of one sequence of length L
+  reprefill re-encoding every worker's view from scratch: W prefills of L tokens
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+from .cache import SharedCache
+from .native import Context, ContextConfig, Model
+
+STEP_LEN = 32  # tokens in each worker's current step, and in each finished step of the history
+
+
+@dataclass
+class Row:
+    device: str
+    model: str
+    workers: int
+    ctx: int
+    hogwild_step_ms: float
+    batched_step_ms: float
+    single_step_ms: float
+    reprefill_step_ms: float
+    overhead_ratio: float
+    speedup_vs_single: float
+    kv_cells: int
+    unique_tokens: int
+
+
+def _median_ms(fn, steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _tokens(rng: random.Random, n: int, n_vocab: int) -> list[int]:
+    return [rng.randrange(3, n_vocab) for _ in range(n)]
+
+
+def _config(model: Model, n_ctx: int, n_seq: int, threads: int, flash_attn: bool = False,
+            hogwild: bool = True) -> ContextConfig:
+    return ContextConfig(n_ctx=n_ctx, n_batch=512, n_seq_max=n_seq, n_threads=threads,
+                         flash_attn=flash_attn, hogwild=hogwild)
+
+
+def hogwild_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng) -> tuple[float, int, int]:
+    n_ctx = ctx_len + (workers + 1) * (steps + 8) + 64
+    ctx = Context(model, _config(model, n_ctx, workers, threads))
+    cache = SharedCache(ctx, workers)
+    own = max(1, min(STEP_LEN, ctx_len // (4 * workers)))
+    shared = ctx_len - workers * own
+    prompt_len = max(1, shared // 4)
+    prompt = cache.new_block("prompt")
+    history = []
+    cache.set_view(0, [prompt.id])
+    cache.decode({0: _tokens(rng, prompt_len, model.n_vocab)})
+    left = shared - prompt_len
+    while left > 0:  # finished steps, written one after another
+        n = min(STEP_LEN, left)
+        b = cache.new_block("step")
+        history.append(b.id)
+        cache.set_view(0, [prompt.id, *history])
+        cache.decode({0: _tokens(rng, n, model.n_vocab)})
+        left -= n
+    current = [cache.new_block("step") for _ in range(workers)]
+    for w in range(workers):
+        cache.set_view(w, [prompt.id, *history, current[w].id])
+    cache.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)})
+    for w in range(workers):
+        others = [current[v].id for v in range(workers) if v != w]
+        cache.set_view(w, [prompt.id, *history, *others, current[w].id])
+
+    def step():
+        cache.decode({w: [rng.randrange(3, model.n_vocab)] for w in range(workers)})
+
+    ms = _median_ms(step, steps)
+    cells, unique = cache.used_cells(), cache.unique_tokens()
+    ctx.close()
+    return ms, cells, unique
+
+
+def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng) -> float:
+    ctx = Context(model, _config(model, ctx_len + workers * (steps + 8) + 64, workers, threads, hogwild=False))
+    ctx.clear()
+    ctx.decode([(t, i, 0, False) for i, t in enumerate(_tokens(rng, ctx_len, model.n_vocab))])
+    import llama_cpp.llama_cpp as ll
+    for w in range(1, workers):
+        ll.llama_memory_seq_cp(ctx.memory, 0, w, -1, -1)
+    pos = [ctx_len] * workers
+
+    def step():
+        ctx.decode([(rng.randrange(3, model.n_vocab), pos[w], w, True) for w in range(workers)])
+        for w in range(workers):
+            pos[w] += 1
+
+    ms = _median_ms(step, steps)
+    ctx.close()
+    return ms
+
+
+def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2) -> float:
+    ctx = Context(model, _config(model, ctx_len + 64, 1, threads, hogwild=False))
+    toks = _tokens(rng, ctx_len, model.n_vocab)
+
+    def once():
+        ctx.clear()
+        ctx.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+
+    ms = _median_ms(once, repeats, warmup=1)
+    ctx.close()
+    return ms
+
+
+def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n_gpu_layers: int = 0,
+        threads: int = 0, device: str = "cpu", progress=lambda msg: None) -> list[Row]:
+    model = Model(model_path, n_gpu_layers=n_gpu_layers)
+    rng = random.Random(0)
+    rows = []
+    name = str(model_path).rsplit("/", 1)[-1]
+    for ctx_len in ctxs:
+        progress(f"ctx {ctx_len}: single sequence and re-prefill")
+        single = batched_step(model, 1, ctx_len, steps, threads, rng)
+        prefill = prefill_ms(model, ctx_len, threads, rng)
+        for w in workers:
+            progress(f"ctx {ctx_len}: {w} workers")
+            hw, cells, unique = hogwild_step(model, w, ctx_len, steps, threads, rng)
+            batched = batched_step(model, w, ctx_len, steps, threads, rng)
+            rows.append(Row(device=device, model=name, workers=w, ctx=ctx_len,
+                            hogwild_step_ms=round(hw, 3), batched_step_ms=round(batched, 3),
+                            single_step_ms=round(single, 3), reprefill_step_ms=round(w * prefill, 3),
+                            overhead_ratio=round(hw / batched, 3), speedup_vs_single=round(w * single / hw, 3),
+                            kv_cells=cells, unique_tokens=unique))
+    model.close()
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    keys = list(asdict(rows[0]).keys()) if rows else []
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    out += ["| " + " | ".join(str(v) for v in asdict(r).values()) + " |" for r in rows]
+    return "\n".join(out)
