@@ -26,7 +26,10 @@ CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(
               -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 CUDA_ARCH ?= native
 ifeq ($(HOGWILD_CUDA),1)
-CMAKE_ARGS += -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH)
+# --exclude-libs: CUDA builds exported thousands of std:: symbols from static archives linked into
+# our shared libraries (libllama.so 5440 vs 1081); loaded from Python they interposed libstdc++'s
+# own and model load segfaulted. Verified on an H200: with this flag it loads without LD_PRELOAD.
+CMAKE_ARGS += -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH) -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL
 endif
 CMAKE_ARGS += $(HOGWILD_CMAKE_ARGS)
 CMAKE_ARGS := $(strip $(CMAKE_ARGS))

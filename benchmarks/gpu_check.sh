@@ -11,12 +11,22 @@ rm -rf /tmp/b && mkdir -p /tmp/b && tar xzf "$CARRY/sdist.tgz" -C /tmp/b
 SRC=$(echo /tmp/b/llama_cpp_python-*)
 for p in "$ROOT"/patches/*.patch; do patch -d "$SRC" -p1 --forward --batch --fuzz=0 -s < "$p"; done
 echo "== building (CUDA) $(date +%T)"
-( cd "$SRC" && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF \
+( cd "$SRC" && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_CUDA_FA=OFF -DLLAVA_BUILD=OFF \
+    -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install --no-build-isolation --no-deps --target /tmp/site . \
     > "$LOG/build.log" 2>&1 ) || { tail -40 "$LOG/build.log"; exit 1; }
 echo "== built $(date +%T); exported non-ggml symbols of libggml-cuda.so:" \
     "$(nm -D --defined-only /tmp/site/llama_cpp/lib/libggml-cuda.so | awk '{print $3}' | grep -vc '^ggml_' || true)"
+for l in /tmp/site/llama_cpp/lib/lib*.so; do
+    echo "   $(basename $l): $(nm -D --defined-only $l | c++filt | grep -c 'std::') exported std:: symbols"
+done
+python3 -m models.gguf_gen /tmp/t.gguf --preset tiny
+if python3 -c "from hogwild_cpp.native import Model; Model('/tmp/t.gguf', n_gpu_layers=99); print('== a model loads fully offloaded, no LD_PRELOAD')"; then :
+else
+    echo "== LOADING CRASHES WITHOUT LD_PRELOAD; going on with libstdc++ preloaded"
+    export LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6)
+fi
 HOGWILD_TEST_NGL=99 HOGWILD_TEST_NO_DEFAULT_MODEL=1 python3 -m pytest -q -p no:cacheprovider \
     tests/test_cache.py tests/test_models_gen.py "$@" 2>&1 | tee "$LOG/tests.log"
 

@@ -327,4 +327,6 @@ def test_cuda_build_offloads_and_views_stay_exact(deep_model):
     import llama_cpp.llama_cpp as ll
 
     assert ll.llama_supports_gpu_offload()
-    check_shared_prefix_at_offsets(deep_model, 4, F16, F16, CACHE_TYPES["f16"][3])
+    # CUDA kernels differ with the batch shape, so a fresh prefill is not bit-comparable to a decode
+    # step even in stock llama.cpp: compare against that noise, measured on the same views
+    check_shared_prefix_at_offsets(deep_model, 4, F16, F16, CACHE_TYPES["f16"][3], noise_floor=True)
