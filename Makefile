@@ -43,8 +43,8 @@ DEFAULT_MODEL = $$($(VPY) -c 'from hogwild_cpp.models import default_model; prin
 .PHONY: run test build model llama-cpp rebuild-llama-cpp clean distclean
 
 run: build model
-	@echo "== greedy completion of examples/prompt.txt with the default model"
-	$(VENV)/bin/hogwild complete "$(DEFAULT_MODEL)" examples/prompt.txt
+	@echo "== 2 workers on examples/prompt.txt with the default model"
+	$(VENV)/bin/hogwild run "$(DEFAULT_MODEL)" examples/prompt.txt -np 2 -n 256 -c 4096
 
 test: build model
 	$(VPY) -m pytest -q tests $(PYTEST_ARGS)

@@ -42,6 +42,154 @@ def complete(model, prompt_file, n_predict, threads, n_ctx):
     print(f"{n_generated} tokens in {elapsed:.2f} s ({n_generated / elapsed:.1f} tok/s)", file=sys.stderr)
 
 
+COLORS = ["cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "bright_magenta"]
+
+
+class LiveView:
+    """Each worker's text, one labelled line at a time (coloured on a terminal)."""
+
+    def __init__(self, names, color: bool, quiet: bool):
+        self.names, self.color, self.quiet = names, color, quiet
+        self.buf = {n: "" for n in names}
+
+    def token(self, name: str, text: str) -> None:
+        self.buf[name] += text
+        while "\n" in self.buf[name]:
+            line, self.buf[name] = self.buf[name].split("\n", 1)
+            self._emit(name, line)
+
+    def flush(self) -> None:
+        for name in self.names:
+            if self.buf[name]:
+                self._emit(name, self.buf[name])
+                self.buf[name] = ""
+
+    def _emit(self, name: str, line: str) -> None:
+        if self.quiet or not line.strip():
+            return
+        label = f"[{name}]"
+        if self.color:
+            label = click.style(label, fg=COLORS[self.names.index(name) % len(COLORS)], bold=True)
+        click.echo(f"{label} {line}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _check_output_path(path: Path | None, flag: str) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a directory", param_hint=flag)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.BadParameter(f"directory {parent} does not exist", param_hint=flag)
+    if not os.access(parent, os.W_OK):
+        raise click.BadParameter(f"directory {parent} is not writable", param_hint=flag)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("prompt_file", type=click.Path(allow_dash=True, path_type=Path))
+@click.option("-np", "--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Number of workers.")
+@click.option("--layout", default="combined", show_default=True,
+              type=click.Choice(["combined", "stepwise", "contiguous"]), help="How workers see each other (paper §3.2).")
+@click.option("-n", "--max-steps", default=512, show_default=True, type=click.IntRange(1),
+              help="Budget, in parallel decode steps.")
+@click.option("-c", "--ctx-size", default=0, show_default=True, type=click.IntRange(0),
+              help="Context size in tokens (0: from the model, at most 8192).")
+@click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
+@click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
+@click.option("-s", "--seed", default=0, show_default=True, help="Sampling seed (worker w uses seed + w).")
+@click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
+@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
+@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--names", help="Comma-separated worker names (default: Alice, Bob, ...).")
+@click.option("--check-every", default=1024, show_default=True, type=click.IntRange(0),
+              help="Ask 'am I doing redundant work?' every N tokens of history (0: never).")
+@click.option("--trace", "trace_file", type=click.Path(path_type=Path), help="Write the JSONL trace here.")
+@click.option("--output", "output_file", type=click.Path(path_type=Path), help="Write the result as JSON here.")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
+@click.option("--quiet", is_flag=True, help="Print only the answer.")
+@click.option("--no-color", is_flag=True, help="No colours.")
+def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, threads, seed, temp, top_k, top_p,
+        min_p, names, check_every, trace_file, output_file, verbose, quiet, no_color):
+    """Solve the problem in PROMPT_FILE ('-': stdin) with several workers over one shared KV cache."""
+    import json
+    import signal
+    from dataclasses import asdict
+
+    problem = _read_prompt(prompt_file)
+    name_list = [n.strip() for n in names.split(",")] if names else None
+    if name_list is not None and len(name_list) != workers:
+        raise click.BadParameter(f"{len(name_list)} names for {workers} workers", param_hint="--names")
+    _check_output_path(trace_file, "--trace")
+    _check_output_path(output_file, "--output")
+
+    from hogwild_cpp import native
+    from hogwild_cpp.engine import DoneEvent, Engine, Progress, Settings, StepEvent, TokenEvent
+
+    native.set_verbose(verbose)
+    settings = Settings(workers=workers, layout=layout, names=name_list, max_steps=max_steps, n_ctx=ctx_size,
+                        n_gpu_layers=gpu_layers, threads=threads, seed=seed, temp=temp, top_k=top_k, top_p=top_p,
+                        min_p=min_p, check_every=check_every)
+    try:
+        m = native.Model(model, n_gpu_layers=gpu_layers)
+        engine = Engine(m, settings, trace_path=trace_file)
+    except (native.NativeError, ValueError) as exc:
+        raise click.ClickException(str(exc))
+    view = LiveView(engine.names, color=sys.stdout.isatty() and not no_color, quiet=quiet)
+    signal.signal(signal.SIGINT, lambda *_: setattr(engine, "stop_requested", True))
+    result = None
+    try:
+        for ev in engine.stream(problem):
+            if isinstance(ev, TokenEvent):
+                view.token(ev.worker, ev.text)
+            elif isinstance(ev, StepEvent):
+                view.flush()
+            elif isinstance(ev, Progress) and not quiet and ev.total > 512:
+                print(f"prompt: {ev.done}/{ev.total} tokens", file=sys.stderr)
+            elif isinstance(ev, DoneEvent):
+                result = ev.result
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        engine.close()
+    view.flush()
+    click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  (stop: {result.reason})")
+    if output_file:
+        _write_atomic(output_file, json.dumps(asdict(result), indent=1, ensure_ascii=False))
+    if not quiet:
+        n_gen = sum(result.generated.values())
+        per = ", ".join(f"{k} {v}" for k, v in result.generated.items())
+        print(f"prompt: {result.prompt_tokens} tokens in {result.prompt_s:.2f} s "
+              f"({result.prompt_tokens / max(result.prompt_s, 1e-9):.1f} tok/s)\n"
+              f"generated: {n_gen} tokens in {result.generate_s:.2f} s ({n_gen / max(result.generate_s, 1e-9):.1f} tok/s;"
+              f" {per}), {result.steps} steps", file=sys.stderr)
+    if result.reason == "interrupted":
+        sys.exit(130)
+
+
+def _read_prompt(path: Path) -> str:
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except FileNotFoundError:
+        raise click.BadParameter(f"{path} does not exist", param_hint="PROMPT_FILE")
+    except IsADirectoryError:
+        raise click.BadParameter(f"{path} is a directory", param_hint="PROMPT_FILE")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path} is not UTF-8 text", param_hint="PROMPT_FILE")
+    if not text.strip():
+        raise click.BadParameter(f"{path} is empty", param_hint="PROMPT_FILE")
+    return text
+
+
 def _int_list(ctx, param, value):
     try:
         return [int(v) for v in value.split(",") if v]

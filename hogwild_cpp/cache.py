@@ -86,14 +86,23 @@ class SharedCache:
     # --- applying views to the cache ----------------------------------------
 
     def sync(self) -> None:
-        """Make the cache match the views: drop, move, share, fold, then set tails."""
+        """Make the cache match the views: park unseen blocks, move, share, drop, fold, set tails.
+
+        Unseen blocks are dropped only after the shares, so a block can pass from one view to another.
+        """
         ops: list[tuple[int, int, int, int, int, int]] = []
         moved: set[int] = set()
+        dropping = []
         for seq, view in enumerate(self.views):
-            self._drop_unseen(seq, view)
+            dropping += self._park_unseen(seq, view, ops)
             moved |= self._move(seq, view, ops)
         for seq, view in enumerate(self.views):
             moved |= self._share(seq, view, ops)
+        self.ctx.apply(ops)
+        for seq, bid in dropping:
+            pl = self._placed[seq].pop(bid)
+            self.ctx.seq_rm(seq, pl.start, pl.start + pl.length)
+        ops = []
         self._fold(moved, ops)
         for seq, view in enumerate(self.views):
             tail = self._tail_of(seq, view)
@@ -102,13 +111,17 @@ class SharedCache:
                 self._tail[seq] = tail
         self.ctx.apply(ops)
 
-    def _drop_unseen(self, seq: int, view: list[int]) -> None:
-        keep = set(view)
-        placed = self._placed[seq]
+    def _park_unseen(self, seq: int, view: list[int], ops) -> list[tuple[int, int]]:
+        keep, placed, out = set(view), self._placed[seq], []
         for bid in [b for b in placed if b not in keep]:
-            pl = placed.pop(bid)
-            if pl.length:
-                self.ctx.seq_rm(seq, pl.start, pl.start + pl.length)
+            pl = placed[bid]
+            if not pl.length:
+                del placed[bid]
+                continue
+            ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, 2 * _PARK))
+            pl.start += 2 * _PARK
+            out.append((seq, bid))
+        return out
 
     def _move(self, seq: int, view: list[int], ops) -> set[int]:
         placed, pos, moving = self._placed[seq], 0, []

@@ -89,6 +89,7 @@ class Model:
     """A loaded GGUF model and its vocabulary."""
 
     def __init__(self, path: str, n_gpu_layers: int = 0):
+        self.path = str(path)
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         _log_lines.clear()
@@ -119,6 +120,33 @@ class Model:
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        t = ll.llama_model_chat_template(self.ptr, None)
+        return t.decode("utf-8", errors="replace") if t else None
+
+    def apply_chat_template(self, messages: list[tuple[str, str]]) -> str | None:
+        """llama.cpp's built-in rendering of the model's template; None if it does not know it."""
+        msgs = (ll.llama_chat_message * len(messages))(
+            *[ll.llama_chat_message(role.encode(), text.encode()) for role, text in messages])
+        tmpl = self.chat_template().encode()
+        size = 4096 + sum(len(t) for _, t in messages) * 2
+        buf = ctypes.create_string_buffer(size)
+        n = ll.llama_chat_apply_template(tmpl, msgs, len(messages), True, buf, size)
+        if n < 0:
+            return None
+        if n > size:
+            buf = ctypes.create_string_buffer(n)
+            n = ll.llama_chat_apply_template(tmpl, msgs, len(messages), True, buf, n)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def special_tokens(self) -> dict[str, int]:
+        ids = {"bos": ll.llama_vocab_bos(self.vocab), "eos": ll.llama_vocab_eos(self.vocab),
+               "eot": ll.llama_vocab_eot(self.vocab)}
+        return {k: v for k, v in ids.items() if v >= 0}
+
+    def is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
 
     def close(self) -> None:
         # a context uses its model until it is freed
@@ -226,6 +254,46 @@ class Context:
             ll.llama_batch_free(self._batch)
             ll.llama_free(self.ptr)
             self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+
+class Sampler:
+    """A llama.cpp sampler chain applied to logits we already hold (one per worker)."""
+
+    def __init__(self, n_vocab: int, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, seed: int = 0, banned: list[int] = ()):
+        self.n_vocab = n_vocab
+        self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        add = lambda smpl: ll.llama_sampler_chain_add(self.chain, smpl)  # noqa: E731
+        if banned:
+            bias = (ll.llama_logit_bias * len(banned))(*[ll.llama_logit_bias(t, float("-inf")) for t in banned])
+            add(ll.llama_sampler_init_logit_bias(n_vocab, len(banned), bias))
+        if temp <= 0:
+            add(ll.llama_sampler_init_greedy())
+        else:
+            add(ll.llama_sampler_init_top_k(top_k))
+            add(ll.llama_sampler_init_top_p(top_p, 1))
+            add(ll.llama_sampler_init_min_p(min_p, 1))
+            add(ll.llama_sampler_init_temp(temp))
+            add(ll.llama_sampler_init_dist(seed))
+        self._data = np.zeros(n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+
+    def sample(self, logits: np.ndarray) -> int:
+        self._data["id"], self._data["logit"], self._data["p"] = self._ids, logits, 0.0
+        arr = ll.llama_token_data_array(
+            self._data.ctypes.data_as(ll.llama_token_data_p), self.n_vocab, -1, False)
+        ll.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        token = int(arr.data[arr.selected].id)  # a sampler may sort into a buffer of its own
+        ll.llama_sampler_accept(self.chain, token)
+        return token
+
+    def close(self) -> None:
+        if getattr(self, "chain", None):
+            ll.llama_sampler_free(self.chain)
+            self.chain = None
 
     def __del__(self):
         self.close()

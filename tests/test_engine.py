@@ -1,0 +1,159 @@
+"""The engine: reproducible runs, traces that replay with stock decoding, interleaved views, the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from hogwild_cpp import Hogwild
+from hogwild_cpp.engine import Engine, Settings
+from hogwild_cpp.models import default_model
+from hogwild_cpp.native import Context, ContextConfig, Model
+from hogwild_cpp.trace import read_trace, view_tokens
+from models import gguf_gen
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBLEM = "A baker makes 12 muffins in the morning and 5 more in the afternoon. How many muffins?"
+
+
+@pytest.fixture(scope="module")
+def one_layer(tmp_path_factory):
+    """One layer: a token's KV depends on token and position only, so every view replays exactly."""
+    return gguf_gen.write_llama_gguf(tmp_path_factory.mktemp("engine") / "one.gguf", n_embd=128, n_head=4,
+                                     n_head_kv=2, n_layer=1, seed=3, weight_std=0.3)
+
+
+def run_engine(model_path, tmp_path, **kw):
+    model = Model(model_path)
+    trace = tmp_path / "trace.jsonl"
+    settings = Settings(**{"temp": 0.0, "threads": 2, "n_ctx": 2048, "max_steps": 24, "cache_type": "f32", **kw})
+    engine = Engine(model, settings, trace_path=trace)
+    result = [ev for ev in engine.stream(PROBLEM)][-1].result
+    engine.close()
+    return model, result, read_trace(trace)
+
+
+def replay(model, trace, tol_logprob=5e-4, cache=(0, 0)):
+    """Re-decode every sampled token's view with stock single-sequence decoding.
+
+    f32 tolerance: a one-token decode and a 512-token prefill sum in another order (~1e-4 on logprobs).
+    """
+    header, blocks, records, end = trace
+    ctx = Context(model, ContextConfig(n_ctx=2048, n_batch=512, n_seq_max=1, n_threads=2, hogwild=False,
+                                       type_k=cache[0], type_v=cache[1]))
+    for rec in records:
+        toks = view_tokens(blocks, rec["view"])
+        ctx.clear()
+        logits = ctx.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])[0]
+        m = logits.max()
+        logprobs = logits - m - np.log(np.exp(logits - m).sum())  # the model's, as the trace records them
+        allowed = logprobs.copy()
+        allowed[header["suppressed"]] = -np.inf
+        # greedy: the sampled token is the stock argmax (or ties with it within the cache's rounding)
+        assert allowed[rec["token"]] >= allowed.max() - tol_logprob, rec
+        assert abs(logprobs[rec["token"]] - rec["logprob"]) <= tol_logprob, rec
+    ctx.close()
+    return len(records)
+
+
+@pytest.mark.parametrize("layout", ["combined", "stepwise", "contiguous"])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_trace_replays_with_stock_decoding(one_layer, tmp_path, layout, workers):
+    model, result, trace = run_engine(one_layer, tmp_path, workers=workers, layout=layout)
+    assert replay(model, trace) == len(trace[2]) > 0  # finisher records included
+    assert sum(r["worker"] is not None for r in trace[2]) == sum(result.generated.values())
+    assert trace[3]["reason"] == result.reason
+
+
+def test_one_worker_generates_exactly_like_plain_llama_cpp_on_the_default_model(tmp_path):
+    """One worker, stepwise: no block ever moves, so the run is plain llama.cpp generation of the
+    same tokens. Fed to stock llama.cpp in the same chunks, every logprob and greedy token agree."""
+    model, result, (header, blocks, records, end) = run_engine(default_model(), tmp_path, workers=1,
+                                                                layout="stepwise", max_steps=16, cache_type="f16")
+    ctx = Context(model, ContextConfig(n_ctx=2048, n_batch=512, n_seq_max=1, n_threads=2, hogwild=False))
+    ctx.clear()
+    prompt = blocks[records[0]["view"][0][0]]["tokens"]
+    for i in range(0, len(prompt), 512):  # the engine's chunked prefill
+        ctx.decode([(t, i + j, 0, False) for j, t in enumerate(prompt[i:i + 512])])
+    pos = len(prompt)
+    for rec in [r for r in records if r["worker"] is not None]:
+        toks = view_tokens(blocks, rec["view"])
+        logits = ctx.decode([(t, pos + j, 0, pos + j == len(toks) - 1) for j, t in enumerate(toks[pos:])])[0]
+        pos = len(toks)
+        m = logits.max()
+        logprob = float(logits[rec["token"]] - m - np.log(np.exp(logits - m).sum()))
+        allowed = logits.copy()
+        allowed[header["suppressed"]] = -np.inf
+        assert rec["token"] == int(allowed.argmax()) and abs(logprob - rec["logprob"]) < 1e-5, rec
+    assert sum(r["worker"] is not None for r in records) == 16
+
+
+def test_greedy_runs_are_reproducible(one_layer, tmp_path):
+    _, a, _ = run_engine(one_layer, tmp_path, workers=3)
+    _, b, _ = run_engine(one_layer, tmp_path, workers=3)
+    assert a.texts == b.texts and a.answer == b.answer
+
+
+def test_a_worker_sees_another_workers_unfinished_step(one_layer, tmp_path):
+    _, _, (header, blocks, records, end) = run_engine(one_layer, tmp_path, workers=2, layout="combined")
+    alice_saw_bob_partial = [
+        rec for rec in records if rec["worker"] == "Alice" and any(
+            blocks[b]["owner"] == "Bob" and blocks[b]["kind"] == "step" and 0 < n < len(blocks[b]["tokens"])
+            for b, n in rec["view"])]
+    assert alice_saw_bob_partial
+
+
+def test_kv_cells_stay_at_unique_tokens(one_layer):
+    model = Model(one_layer)
+    engine = Engine(model, Settings(workers=4, temp=0.0, threads=2, n_ctx=2048, max_steps=20))
+    for _ in engine.stream(PROBLEM):
+        pass
+    assert engine.cache.used_cells() == engine.cache.unique_tokens()
+    engine.close()
+
+
+def test_python_api_runs_and_stops_at_the_budget(one_layer):
+    h = Hogwild(one_layer, workers=2, max_steps=10, temp=0.0, threads=2, n_ctx=2048)
+    result = h.run(PROBLEM)
+    h.close()
+    assert result.reason == "budget" and set(result.texts) == {"Alice", "Bob"}
+    assert sum(result.generated.values()) == 20
+
+
+def test_cli_run_writes_output_and_trace(one_layer, tmp_path):
+    out, trace = tmp_path / "out.json", tmp_path / "t.jsonl"
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-n", "8", "--temp", "0", "-t", "2",
+                                        "-c", "2048", "--output", str(out), "--trace", str(trace)],
+                             input=PROBLEM)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["reason"] == "budget" and set(data["texts"]) == {"Alice", "Bob"}
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert lines[0]["type"] == "header" and lines[-1]["type"] == "end"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_subprocess_reads_a_prompt_file(one_layer, tmp_path):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text(PROBLEM)
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(one_layer), str(prompt), "-n", "6",
+                           "--temp", "0", "-t", "2", "-c", "2048", "--no-color"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "answer:" in proc.stdout and "generated:" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.txt"], "does not exist"),
+    (["-", "--names", "A,B,C"], "3 names for 2 workers"),
+    (["-", "--output", "/nonexistent-dir/out.json"], "does not exist"),
+    (["-", "-np", "0"], "0"),
+])
+def test_cli_bad_input_is_a_one_line_error(one_layer, args, message):
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), *args], input=PROBLEM)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
