@@ -42,6 +42,12 @@ def complete(model, prompt_file, n_predict, threads, n_ctx):
     print(f"{n_generated} tokens in {elapsed:.2f} s ({n_generated / elapsed:.1f} tok/s)", file=sys.stderr)
 
 
+class InputError(click.ClickException):
+    """A problem with what the user gave us (model, prompt, flags): one line, exit code 2."""
+
+    exit_code = 2
+
+
 COLORS = ["cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "bright_magenta"]
 
 
@@ -139,9 +145,14 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
                         min_p=min_p, check_every=check_every)
     try:
         m = native.Model(model, n_gpu_layers=gpu_layers)
+    except native.NativeError as exc:
+        raise InputError(str(exc))
+    try:
         engine = Engine(m, settings, trace_path=trace_file)
-    except (native.NativeError, ValueError) as exc:
-        raise click.ClickException(str(exc))
+    except ValueError as exc:
+        raise InputError(str(exc))
+    except native.NativeError as exc:
+        raise click.ClickException(f"{exc} (try a smaller -c or -ngl)")
     view = LiveView(engine.names, color=sys.stdout.isatty() and not no_color, quiet=quiet)
     signal.signal(signal.SIGINT, lambda *_: setattr(engine, "stop_requested", True))
     result = None
@@ -156,7 +167,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
             elif isinstance(ev, DoneEvent):
                 result = ev.result
     except ValueError as exc:
-        raise click.ClickException(str(exc))
+        raise InputError(str(exc))
     finally:
         engine.close()
     view.flush()

@@ -89,7 +89,8 @@ class Model:
     """A loaded GGUF model and its vocabulary."""
 
     def __init__(self, path: str, n_gpu_layers: int = 0):
-        self.path = str(path)
+        self.path, self.ptr = str(path), None
+        self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         _log_lines.clear()
@@ -99,7 +100,6 @@ class Model:
         self.vocab = ll.llama_model_get_vocab(self.ptr)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.ptr)
-        self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")

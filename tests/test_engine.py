@@ -157,3 +157,15 @@ def test_cli_subprocess_reads_a_prompt_file(one_layer, tmp_path):
 def test_cli_bad_input_is_a_one_line_error(one_layer, args, message):
     res = CliRunner().invoke(cli.main, ["run", str(one_layer), *args], input=PROBLEM)
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_cli_refuses_a_file_that_is_not_gguf_with_llama_cpps_reason(tmp_path):
+    bad = tmp_path / "page.gguf"
+    bad.write_text("<html>not a model</html>")
+    res = CliRunner().invoke(cli.main, ["run", str(bad), "-"], input=PROBLEM)
+    assert res.exit_code == 2 and "could not load" in res.output and "Traceback" not in res.output
+
+
+def test_cli_refuses_a_prompt_longer_than_the_context(one_layer):
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-c", "256"], input=PROBLEM * 20)
+    assert res.exit_code == 2 and "does not fit the context" in res.output
