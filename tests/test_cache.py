@@ -249,6 +249,22 @@ def test_flash_attention_is_refused(tiny_models):
         Context(tiny_models["gqa"], ContextConfig(n_ctx=256, n_seq_max=2, flash_attn=True))
 
 
+def test_a_model_without_rope_is_refused(tmp_path):
+    model = Model(gguf_gen.write_gpt2_gguf(tmp_path / "gpt2.gguf"))
+    with pytest.raises(NativeError, match="no RoPE"):
+        Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2))
+    Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2, hogwild=False)).close()  # stock still works
+    model.close()
+
+
+def test_a_sliding_window_model_is_refused_until_iswa_is_supported(tmp_path):
+    """Gemma 3 uses interleaved sliding-window attention (two KV caches): not supported yet."""
+    model = Model(gguf_gen.write_gemma3_gguf(tmp_path / "gemma3.gguf"))
+    with pytest.raises(NativeError, match="sliding-window"):
+        Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2))
+    model.close()
+
+
 def test_state_save_is_refused_while_views_differ(tiny_models):
     import llama_cpp.llama_cpp as ll
 
