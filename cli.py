@@ -1,6 +1,7 @@
 """The `hogwild` command line."""
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,16 +53,23 @@ COLORS = ["cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "b
 
 
 class LiveView:
-    """Each worker's text, one labelled line at a time (coloured on a terminal)."""
+    """Each worker's text as it streams: side-by-side columns on a wide terminal, labelled lines
+    otherwise (coloured on a terminal, plain when stdout is not one)."""
 
-    def __init__(self, names, color: bool, quiet: bool):
+    def __init__(self, names, color: bool, quiet: bool, width: int | None = None):
         self.names, self.color, self.quiet = names, color, quiet
         self.buf = {n: "" for n in names}
+        self.col = (width - 3 * (len(names) - 1)) // len(names) if width and len(names) > 1 else 0
+        if self.col < 28:
+            self.col = 0  # too narrow for columns
 
     def token(self, name: str, text: str) -> None:
         self.buf[name] += text
-        while "\n" in self.buf[name]:
-            line, self.buf[name] = self.buf[name].split("\n", 1)
+        while "\n" in self.buf[name] or (self.col and len(self.buf[name]) >= self.col):
+            if "\n" in self.buf[name][:self.col or None]:
+                line, self.buf[name] = self.buf[name].split("\n", 1)
+            else:
+                line, self.buf[name] = self.buf[name][:self.col], self.buf[name][self.col:]
             self._emit(name, line)
 
     def flush(self) -> None:
@@ -70,13 +78,18 @@ class LiveView:
                 self._emit(name, self.buf[name])
                 self.buf[name] = ""
 
+    def _paint(self, name: str, text: str) -> str:
+        fg = COLORS[self.names.index(name) % len(COLORS)]
+        return click.style(text, fg=fg, bold=text.startswith("[")) if self.color else text
+
     def _emit(self, name: str, line: str) -> None:
         if self.quiet or not line.strip():
             return
-        label = f"[{name}]"
-        if self.color:
-            label = click.style(label, fg=COLORS[self.names.index(name) % len(COLORS)], bold=True)
-        click.echo(f"{label} {line}")
+        if self.col:  # the worker's own column, the others left blank
+            i = self.names.index(name)
+            click.echo(" " * (i * (self.col + 3)) + self._paint(name, line))
+        else:
+            click.echo(f"{self._paint(name, f'[{name}]')} {line}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -153,7 +166,9 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
         raise InputError(str(exc))
     except native.NativeError as exc:
         raise click.ClickException(f"{exc} (try a smaller -c or -ngl)")
-    view = LiveView(engine.names, color=sys.stdout.isatty() and not no_color, quiet=quiet)
+    tty = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if tty else None
+    view = LiveView(engine.names, color=tty and not no_color, quiet=quiet, width=width)
     signal.signal(signal.SIGINT, lambda *_: setattr(engine, "stop_requested", True))
     result = None
     try:

@@ -169,3 +169,17 @@ def test_cli_refuses_a_file_that_is_not_gguf_with_llama_cpps_reason(tmp_path):
 def test_cli_refuses_a_prompt_longer_than_the_context(one_layer):
     res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-c", "256"], input=PROBLEM * 20)
     assert res.exit_code == 2 and "does not fit the context" in res.output
+
+
+def test_live_view_puts_each_worker_in_its_column_on_a_wide_terminal(capsys):
+    view = cli.LiveView(["Alice", "Bob"], color=False, quiet=False, width=80)
+    view.token("Alice", "one line\n")
+    view.token("Bob", "another\n")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "one line" and out[1] == " " * (view.col + 3) + "another"
+
+
+def test_live_view_labels_lines_on_a_narrow_terminal(capsys):
+    view = cli.LiveView(["Alice", "Bob"], color=False, quiet=False, width=40)
+    view.token("Bob", "hello\n")
+    assert capsys.readouterr().out == "[Bob] hello\n"
