@@ -153,6 +153,9 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
     from hogwild_cpp.engine import DoneEvent, Engine, Progress, Settings, StepEvent, TokenEvent
 
     native.set_verbose(verbose)
+    if gpu_layers and not native.ll.llama_supports_gpu_offload():
+        print(f"warning: -ngl {gpu_layers} ignored: this llama.cpp build has no GPU support "
+              "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
     settings = Settings(workers=workers, layout=layout, names=name_list, max_steps=max_steps, n_ctx=ctx_size,
                         n_gpu_layers=gpu_layers, threads=threads, seed=seed, temp=temp, top_k=top_k, top_p=top_p,
                         min_p=min_p, check_every=check_every)

@@ -183,3 +183,65 @@ def test_live_view_labels_lines_on_a_narrow_terminal(capsys):
     view = cli.LiveView(["Alice", "Bob"], color=False, quiet=False, width=40)
     view.token("Bob", "hello\n")
     assert capsys.readouterr().out == "[Bob] hello\n"
+
+
+
+@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"\xff\xfe bad", "not UTF-8")])
+def test_cli_refuses_an_empty_or_binary_prompt(one_layer, tmp_path, content, message):
+    prompt = tmp_path / "p.txt"
+    prompt.write_bytes(content)
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), str(prompt)])
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_cli_refuses_a_directory_as_prompt(one_layer, tmp_path):
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output
+
+
+@pytest.mark.parametrize("cut", ["header", "data"])
+def test_cli_refuses_a_truncated_gguf(one_layer, tmp_path, cut):
+    data = one_layer.read_bytes()
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(data[:100] if cut == "header" else data[:-1000])
+    res = CliRunner().invoke(cli.main, ["run", str(bad), "-"], input=PROBLEM)
+    assert res.exit_code == 2 and "could not load" in res.output and "Traceback" not in res.output
+
+
+def test_cli_warns_that_gpu_layers_need_a_gpu_build(one_layer):
+    import llama_cpp.llama_cpp as ll
+
+    if ll.llama_supports_gpu_offload():
+        pytest.skip("a GPU build")
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-n", "2", "-ngl", "10", "-t", "2",
+                                        "-c", "2048"], input=PROBLEM)
+    assert res.exit_code == 0 and "-ngl 10 ignored" in res.output
+
+
+def test_a_full_context_stops_cleanly_and_keeps_everything(one_layer, tmp_path):
+    out = tmp_path / "out.json"
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-n", "500", "--temp", "0", "-t", "2",
+                                        "-c", "1100", "--output", str(out)], input=PROBLEM)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["reason"] == "ctx_full" and all(data["texts"].values())
+
+
+def test_ctrl_c_stops_within_a_step_and_writes_everything(one_layer, tmp_path):
+    import signal
+    import time
+
+    out, trace = tmp_path / "out.json", tmp_path / "t.jsonl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run", str(one_layer), "-", "-n", "100000",
+                             "-t", "2", "-c", "8192", "--output", str(out), "--trace", str(trace)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(PROBLEM)
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    time.sleep(8)  # well into the run
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert json.loads(out.read_text())["reason"] == "interrupted"
+    assert json.loads(trace.read_text().splitlines()[-1]) == {"type": "end", "reason": "interrupted",
+                                                              "answer": None}
