@@ -40,7 +40,7 @@ BUILD_KEY = $(shell { cat $(PIN); for p in $(PATCHES); do echo "== $$p"; cat "$$
 
 DEFAULT_MODEL = $$($(VPY) -c 'from hogwild_cpp.models import default_model; print(default_model())')
 
-.PHONY: run test build model llama-cpp rebuild-llama-cpp clean distclean
+.PHONY: run test soak build model llama-cpp rebuild-llama-cpp clean distclean
 
 run: build model
 	@echo "== 2 workers on examples/prompt.txt with the default model"
@@ -48,6 +48,9 @@ run: build model
 
 test: build model
 	$(VPY) -m pytest -q tests $(PYTEST_ARGS)
+
+soak: build model
+	$(VPY) benchmarks/soak.py $(SOAK_STEPS)
 
 build: llama-cpp $(VENV)/.hogwild-editable
 

@@ -245,3 +245,37 @@ def test_ctrl_c_stops_within_a_step_and_writes_everything(one_layer, tmp_path):
     assert json.loads(out.read_text())["reason"] == "interrupted"
     assert json.loads(trace.read_text().splitlines()[-1]) == {"type": "end", "reason": "interrupted",
                                                               "answer": None}
+
+
+FUZZ_CHILD = """
+import os, random, sys
+from hogwild_cpp.native import Model, NativeError
+data, rng, out = open(sys.argv[1], 'rb').read(), random.Random(int(sys.argv[2])), sys.argv[3]
+for k in range(int(sys.argv[4])):
+    b = bytearray(data)
+    kind = ('flip', 'random', 'cut')[k % 3]
+    if kind == 'flip':
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(min(len(b), 4096))] = rng.randrange(256)
+    elif kind == 'random':
+        b = bytearray(rng.randbytes(rng.randint(0, 2000)))
+        b[:4] = b'GGUF' if k % 2 else b[:4]
+    else:
+        b = b[:rng.randrange(len(b))]
+    open(out, 'wb').write(b)
+    try:
+        Model(out).close()
+        print(k, kind, 'loaded')
+    except NativeError as exc:
+        print(k, kind, 'refused:', str(exc).splitlines()[0][:60])
+"""
+
+
+def test_mutated_and_random_files_give_clean_errors_not_crashes(one_layer, tmp_path):
+    """Fed to the model loader in a child process: every file loads or is refused, none crashes it."""
+    proc = subprocess.run([sys.executable, "-c", FUZZ_CHILD, str(one_layer), "7", str(tmp_path / "fuzz.gguf"), "60"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 60 and sum("refused" in line for line in lines) > 30
