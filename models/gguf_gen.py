@@ -184,14 +184,7 @@ def write_llama_gguf(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(n_vocab)
 
-    tokens, scores, types = vocabulary(n_vocab)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
+    add_byte_vocabulary(writer, n_vocab)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     if chat_template is not None:
@@ -214,18 +207,9 @@ def write_llama_gguf(
     return path
 
 
-def write_gpt2_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4, n_ctx_train: int = 512,
-                    seed: int = 0) -> Path:
-    """A tiny GPT-2 (learned absolute positions, no RoPE), f32: for tests of what hogwild refuses."""
-    path, rng, n_ff = Path(path), np.random.default_rng(seed), 4 * n_embd
-    tokens, scores, types = vocabulary()
-    writer = gguf.GGUFWriter(path, "gpt2")
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_layer_norm_eps(1e-5)
+def add_byte_vocabulary(writer: gguf.GGUFWriter, n_vocab: int = N_BASE_VOCAB) -> None:
+    """The SentencePiece-style byte vocabulary every generated model uses."""
+    tokens, scores, types = vocabulary(n_vocab)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -233,18 +217,9 @@ def write_gpt2_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4
     writer.add_unk_token_id(UNK_ID)
     writer.add_bos_token_id(BOS_ID)
     writer.add_eos_token_id(EOS_ID)
-    mat = lambda *shape: normal_weights(rng, shape)  # noqa: E731  (numpy order: rows = ggml ne[1])
-    one, zero = (lambda n: np.ones(n, np.float32)), (lambda n: np.zeros(n, np.float32))
-    tensors = {"token_embd.weight": mat(len(tokens), n_embd), "position_embd.weight": mat(n_ctx_train, n_embd),
-               "output_norm.weight": one(n_embd), "output_norm.bias": zero(n_embd),
-               "output.weight": mat(len(tokens), n_embd)}
-    for i in range(n_layer):
-        tensors |= {f"blk.{i}.attn_norm.weight": one(n_embd), f"blk.{i}.attn_norm.bias": zero(n_embd),
-                    f"blk.{i}.attn_qkv.weight": mat(3 * n_embd, n_embd), f"blk.{i}.attn_qkv.bias": zero(3 * n_embd),
-                    f"blk.{i}.attn_output.weight": mat(n_embd, n_embd), f"blk.{i}.attn_output.bias": zero(n_embd),
-                    f"blk.{i}.ffn_norm.weight": one(n_embd), f"blk.{i}.ffn_norm.bias": zero(n_embd),
-                    f"blk.{i}.ffn_up.weight": mat(n_ff, n_embd), f"blk.{i}.ffn_up.bias": zero(n_ff),
-                    f"blk.{i}.ffn_down.weight": mat(n_embd, n_ff), f"blk.{i}.ffn_down.bias": zero(n_embd)}
+
+
+def write_all(writer: gguf.GGUFWriter, tensors: dict[str, np.ndarray], path: Path) -> Path:
     for name, arr in tensors.items():
         writer.add_tensor(name, arr)
     writer.write_header_to_file()
@@ -254,11 +229,37 @@ def write_gpt2_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4
     return path
 
 
+def write_gpt2_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4, n_ctx_train: int = 512,
+                    seed: int = 0) -> Path:
+    """A tiny GPT-2 (learned absolute positions, no RoPE), f32: for tests of what hogwild refuses."""
+    path, rng, n_ff = Path(path), np.random.default_rng(seed), 4 * n_embd
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_context_length(n_ctx_train)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_layer_norm_eps(1e-5)
+    add_byte_vocabulary(writer)
+    mat = lambda *shape: normal_weights(rng, shape)  # noqa: E731  (numpy order: rows = ggml ne[1])
+    one, zero = (lambda n: np.ones(n, np.float32)), (lambda n: np.zeros(n, np.float32))
+    tensors = {"token_embd.weight": mat(N_BASE_VOCAB, n_embd), "position_embd.weight": mat(n_ctx_train, n_embd),
+               "output_norm.weight": one(n_embd), "output_norm.bias": zero(n_embd),
+               "output.weight": mat(N_BASE_VOCAB, n_embd)}
+    for i in range(n_layer):
+        tensors |= {f"blk.{i}.attn_norm.weight": one(n_embd), f"blk.{i}.attn_norm.bias": zero(n_embd),
+                    f"blk.{i}.attn_qkv.weight": mat(3 * n_embd, n_embd), f"blk.{i}.attn_qkv.bias": zero(3 * n_embd),
+                    f"blk.{i}.attn_output.weight": mat(n_embd, n_embd), f"blk.{i}.attn_output.bias": zero(n_embd),
+                    f"blk.{i}.ffn_norm.weight": one(n_embd), f"blk.{i}.ffn_norm.bias": zero(n_embd),
+                    f"blk.{i}.ffn_up.weight": mat(n_ff, n_embd), f"blk.{i}.ffn_up.bias": zero(n_ff),
+                    f"blk.{i}.ffn_down.weight": mat(n_embd, n_ff), f"blk.{i}.ffn_down.bias": zero(n_embd)}
+    return write_all(writer, tensors, path)
+
+
 def write_gemma3_gguf(path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 1,
                       sliding_window: int = 8, n_ctx_train: int = 512, seed: int = 0) -> Path:
     """A tiny Gemma 3 with a sliding window (llama.cpp gives it an iSWA cache), f32."""
     path, rng, n_ff, hd = Path(path), np.random.default_rng(seed), 2 * n_embd, n_embd // n_head
-    tokens, scores, types = vocabulary()
     writer = gguf.GGUFWriter(path, "gemma3")
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
@@ -271,16 +272,10 @@ def write_gemma3_gguf(path, *, n_embd: int = 64, n_layer: int = 2, n_head: int =
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_sliding_window(sliding_window)
     writer.add_rope_freq_base(10000.0)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
+    add_byte_vocabulary(writer)
     mat = lambda *shape: normal_weights(rng, shape)  # noqa: E731
     one = lambda n: np.ones(n, np.float32)  # noqa: E731
-    tensors = {"token_embd.weight": mat(len(tokens), n_embd), "output_norm.weight": one(n_embd)}
+    tensors = {"token_embd.weight": mat(N_BASE_VOCAB, n_embd), "output_norm.weight": one(n_embd)}
     for i in range(n_layer):
         tensors |= {f"blk.{i}.attn_norm.weight": one(n_embd), f"blk.{i}.attn_q.weight": mat(n_head * hd, n_embd),
                     f"blk.{i}.attn_k.weight": mat(n_head_kv * hd, n_embd),
@@ -290,13 +285,7 @@ def write_gemma3_gguf(path, *, n_embd: int = 64, n_layer: int = 2, n_head: int =
                     f"blk.{i}.attn_q_norm.weight": one(hd), f"blk.{i}.ffn_norm.weight": one(n_embd),
                     f"blk.{i}.ffn_gate.weight": mat(n_ff, n_embd), f"blk.{i}.ffn_up.weight": mat(n_ff, n_embd),
                     f"blk.{i}.ffn_down.weight": mat(n_embd, n_ff), f"blk.{i}.post_ffw_norm.weight": one(n_embd)}
-    for name, arr in tensors.items():
-        writer.add_tensor(name, arr)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_all(writer, tensors, path)
 
 
 def main(argv=None) -> None:
