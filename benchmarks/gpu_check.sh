@@ -2,6 +2,12 @@
 # On the GPU machine (no network): build the patched llama-cpp-python with CUDA from a carried,
 # trimmed sdist plus wheels in $1 (default .gpu/), then run the equivalence tests fully offloaded.
 # Logs go to $OUT (or /tmp/out). Usage: bash benchmarks/gpu_check.sh [.gpu] [pytest args...]
+# Make the carried folder here first (it stays out of git: echo /.gpu/ >> .git/info/exclude):
+#   the sdist from .cache/, unpacked, minus .git, vendor/llama.cpp/{models,docs,media,benches,tools/ui,
+#   tests,examples,conversion,gguf-py,scripts,tools/server} and ggml/src/ggml-{et,metal,hexagon,sycl,
+#   vulkan,opencl}, re-packed as .gpu/sdist.tgz (~6 MB); and the wheels gguf and diskcache:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       -d .gpu gguf==0.19.0 diskcache
 set -euo pipefail
 CARRY=${1:-.gpu}; shift || true
 ROOT=$PWD; LOG=${OUT:-/tmp/out}; mkdir -p "$LOG"
