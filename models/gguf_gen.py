@@ -173,12 +173,7 @@ def write_llama_gguf(
     writer = gguf.GGUFWriter(path, "llama")  # writes general.architecture itself
     writer.add_name(f"random-llama-{n_embd}x{n_layer}-{dtype}")
     writer.add_file_type(FILE_TYPES[dtype])
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
+    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv)
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_rope_freq_base(rope_theta)
     writer.add_layer_norm_rms_eps(1e-5)
@@ -205,6 +200,17 @@ def write_llama_gguf(
                                      else fast_random_matrix(rng, shape, qtype))
     writer.close()
     return path
+
+
+def add_shape(writer: gguf.GGUFWriter, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv=None) -> None:
+    """The architecture keys every generated model has (under its own architecture's prefix)."""
+    writer.add_context_length(n_ctx_train)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    if n_head_kv is not None:
+        writer.add_head_count_kv(n_head_kv)
 
 
 def add_byte_vocabulary(writer: gguf.GGUFWriter, n_vocab: int = N_BASE_VOCAB) -> None:
@@ -234,11 +240,7 @@ def write_gpt2_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4
     """A tiny GPT-2 (learned absolute positions, no RoPE), f32: for tests of what hogwild refuses."""
     path, rng, n_ff = Path(path), np.random.default_rng(seed), 4 * n_embd
     writer = gguf.GGUFWriter(path, "gpt2")
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
+    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head)
     writer.add_layer_norm_eps(1e-5)
     add_byte_vocabulary(writer)
     mat = lambda *shape: normal_weights(rng, shape)  # noqa: E731  (numpy order: rows = ggml ne[1])
@@ -261,12 +263,7 @@ def write_gemma3_gguf(path, *, n_embd: int = 64, n_layer: int = 2, n_head: int =
     """A tiny Gemma 3 with a sliding window (llama.cpp gives it an iSWA cache), f32."""
     path, rng, n_ff, hd = Path(path), np.random.default_rng(seed), 2 * n_embd, n_embd // n_head
     writer = gguf.GGUFWriter(path, "gemma3")
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
+    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv)
     writer.add_key_length(hd)
     writer.add_value_length(hd)
     writer.add_layer_norm_rms_eps(1e-6)
