@@ -49,6 +49,11 @@ class SharedCache:
         self.views: list[list[int]] = [[] for _ in range(n_views)]
         self._placed: list[dict[int, _Placed]] = [{} for _ in range(n_views)]
         self._tail = [0] * n_views
+        # what the last sync applied: each view's block list (with an index), and the blocks that
+        # grew since; a sync only looks at each view from its first changed block on
+        self._synced: list[list[int]] = [[] for _ in range(n_views)]
+        self._index: list[dict[int, int]] = [{} for _ in range(n_views)]
+        self._grown: set[int] = set()
         ctx.clear()
 
     # --- blocks and views ---------------------------------------------------
@@ -89,15 +94,19 @@ class SharedCache:
         """Make the cache match the views: park unseen blocks, move, share, drop, fold, set tails.
 
         Unseen blocks are dropped only after the shares, so a block can pass from one view to another.
+        Each view is looked at only from its first block that changed (joined, left or grew) since
+        the last sync, so a decode step costs O(W²) here, not O(W · blocks).
         """
         ops: list[tuple[int, int, int, int, int, int]] = []
         moved: set[int] = set()
         dropping = []
+        first = [self._first_change(seq, view) for seq, view in enumerate(self.views)]
         for seq, view in enumerate(self.views):
-            dropping += self._park_unseen(seq, view, ops)
-            moved |= self._move(seq, view, ops)
+            if view != self._synced[seq]:
+                dropping += self._park_unseen(seq, view, ops)
+            moved |= self._move(seq, view, first[seq], ops)
         for seq, view in enumerate(self.views):
-            moved |= self._share(seq, view, ops)
+            moved |= self._share(seq, view, first[seq], ops)
         self.ctx.apply(ops)
         for seq, bid in dropping:
             pl = self._placed[seq].pop(bid)
@@ -110,6 +119,30 @@ class SharedCache:
                 ops.append((OP_TAIL, seq, -1, -1, -1, tail))
                 self._tail[seq] = tail
         self.ctx.apply(ops)
+        for seq, view in enumerate(self.views):
+            if view != self._synced[seq]:
+                self._synced[seq] = list(view)
+                self._index[seq] = {bid: i for i, bid in enumerate(view)}
+        self._grown.clear()
+
+    def _first_change(self, seq: int, view: list[int]) -> int:
+        """Index of the first block of `view` whose place or length may differ from the last sync."""
+        old, index = self._synced[seq], self._index[seq]
+        first = len(view)
+        if view != old:
+            first = next((i for i, (a, b) in enumerate(zip(view, old)) if a != b), min(len(view), len(old)))
+        for bid in self._grown:
+            i = index.get(bid)
+            if i is not None and i < first:
+                first = i
+        return first
+
+    def _start_at(self, seq: int, view: list[int], i: int) -> int:
+        """View position of the block at index i, when every block before it is in place."""
+        if i == 0:
+            return 0
+        prev = view[i - 1]
+        return self._placed[seq][prev].start + len(self.blocks[prev].tokens)
 
     def _park_unseen(self, seq: int, view: list[int], ops) -> list[tuple[int, int]]:
         keep, placed, out = set(view), self._placed[seq], []
@@ -123,9 +156,10 @@ class SharedCache:
             out.append((seq, bid))
         return out
 
-    def _move(self, seq: int, view: list[int], ops) -> set[int]:
-        placed, pos, moving = self._placed[seq], 0, []
-        for bid in view:
+    def _move(self, seq: int, view: list[int], first: int, ops) -> set[int]:
+        placed, moving = self._placed[seq], []
+        pos = self._start_at(seq, view, first) if first < len(view) else 0
+        for bid in view[first:]:
             pl = placed.get(bid)
             if pl is not None and pl.start != pos:
                 moving.append((bid, pl, pos))
@@ -140,9 +174,10 @@ class SharedCache:
             pl.start = new
         return {bid for bid, _, _ in moving}
 
-    def _share(self, seq: int, view: list[int], ops) -> set[int]:
-        placed, pos, grown = self._placed[seq], 0, set()
-        for bid in view:
+    def _share(self, seq: int, view: list[int], first: int, ops) -> set[int]:
+        placed, grown = self._placed[seq], set()
+        pos = self._start_at(seq, view, first) if first < len(view) else 0
+        for bid in view[first:]:
             b = self.blocks[bid]
             pl = placed.setdefault(bid, _Placed(start=pos, length=0))
             if pl.length < len(b.tokens):
@@ -214,6 +249,7 @@ class SharedCache:
             b = self.blocks[self.views[seq][-1]]
             b.tokens.extend(toks)
             self._placed[seq][b.id].length = len(b.tokens)
+            self._grown.add(b.id)
             n = len(toks) if all_logits else 1
             out[seq] = np.stack(logits[k:k + n]) if all_logits else logits[k]
             k += n
