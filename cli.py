@@ -167,6 +167,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
         engine = Engine(m, settings, trace_path=trace_file)
     except ValueError as exc:
         raise InputError(str(exc))
+    except native.Unsupported as exc:
+        raise InputError(f"{model.name} cannot run as hogwild workers: {exc}")
     except native.NativeError as exc:
         raise click.ClickException(f"{exc} (try a smaller -c or -ngl)")
     tty = sys.stdout.isatty()
@@ -236,8 +238,10 @@ def _int_list(ctx, param, value):
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, help="Layers to offload to the GPU.")
 @click.option("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="Label for the device column.")
+@click.option("--flash", type=click.Choice(["off", "on", "both"]), default="off", show_default=True,
+              help="Flash attention for the plain llama.cpp baselines (hogwild views always run without it).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
-def bench(model, workers, ctxs, steps, gpu_layers, threads, device, json_file):
+def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, json_file):
     """Median decode-step time of hogwild views against plain llama.cpp, in one run."""
     import json
     from dataclasses import asdict
@@ -245,7 +249,7 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, json_file):
     from hogwild_cpp import bench as b
 
     rows = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
-                 device=device, progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+                 device=device, flash=flash, progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     click.echo(b.markdown(rows))
     if json_file:
         tmp = json_file.with_suffix(json_file.suffix + ".tmp")

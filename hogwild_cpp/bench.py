@@ -5,6 +5,9 @@ For W workers at context length L (tokens in each worker's view):
   batched   one step of W sequences of length L with stock llama.cpp (prefix shared by seq_cp)
   single    one step of one sequence of length L
   reprefill re-encoding every worker's view from scratch: W prefills of L tokens
+
+Hogwild views need flash attention off (patches/README.md); the three baselines run with it off,
+on, or both (`flash`), each setting a row of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Row:
     model: str
     workers: int
     ctx: int
+    baseline_flash_attn: bool
     hogwild_step_ms: float
     batched_step_ms: float
     single_step_ms: float
@@ -93,8 +97,10 @@ def hogwild_step(model: Model, workers: int, ctx_len: int, steps: int, threads: 
     return ms, cells, unique
 
 
-def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng) -> float:
-    ctx = Context(model, _config(model, ctx_len + workers * (steps + 8) + 64, workers, threads, hogwild=False))
+def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng,
+                 flash_attn: bool = False) -> float:
+    ctx = Context(model, _config(model, ctx_len + workers * (steps + 8) + 64, workers, threads,
+                                 flash_attn=flash_attn, hogwild=False))
     ctx.clear()
     ctx.decode([(t, i, 0, False) for i, t in enumerate(_tokens(rng, ctx_len, model.n_vocab))])
     import llama_cpp.llama_cpp as ll
@@ -112,8 +118,8 @@ def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: 
     return ms
 
 
-def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2) -> float:
-    ctx = Context(model, _config(model, ctx_len + 64, 1, threads, hogwild=False))
+def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2, flash_attn: bool = False) -> float:
+    ctx = Context(model, _config(model, ctx_len + 64, 1, threads, flash_attn=flash_attn, hogwild=False))
     toks = _tokens(rng, ctx_len, model.n_vocab)
 
     def once():
@@ -125,25 +131,32 @@ def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2) 
     return ms
 
 
+FLASH = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
 def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n_gpu_layers: int = 0,
-        threads: int = 0, device: str = "cpu", progress=lambda msg: None) -> list[Row]:
+        threads: int = 0, device: str = "cpu", flash: str = "off", progress=lambda msg: None) -> list[Row]:
     model = Model(model_path, n_gpu_layers=n_gpu_layers)
     rng = random.Random(0)
     rows = []
     name = str(model_path).rsplit("/", 1)[-1]
     for ctx_len in ctxs:
-        progress(f"ctx {ctx_len}: single sequence and re-prefill")
-        single = batched_step(model, 1, ctx_len, steps, threads, rng)
-        prefill = prefill_ms(model, ctx_len, threads, rng)
+        single, prefill = {}, {}
+        for fa in FLASH[flash]:
+            progress(f"ctx {ctx_len}: single sequence and re-prefill" + (", flash attention" if fa else ""))
+            single[fa] = batched_step(model, 1, ctx_len, steps, threads, rng, flash_attn=fa)
+            prefill[fa] = prefill_ms(model, ctx_len, threads, rng, flash_attn=fa)
         for w in workers:
             progress(f"ctx {ctx_len}: {w} workers")
             hw, cells, unique = hogwild_step(model, w, ctx_len, steps, threads, rng)
-            batched = batched_step(model, w, ctx_len, steps, threads, rng)
-            rows.append(Row(device=device, model=name, workers=w, ctx=ctx_len,
-                            hogwild_step_ms=round(hw, 3), batched_step_ms=round(batched, 3),
-                            single_step_ms=round(single, 3), reprefill_step_ms=round(w * prefill, 3),
-                            overhead_ratio=round(hw / batched, 3), speedup_vs_single=round(w * single / hw, 3),
-                            kv_cells=cells, unique_tokens=unique))
+            for fa in FLASH[flash]:
+                batched = batched_step(model, w, ctx_len, steps, threads, rng, flash_attn=fa)
+                rows.append(Row(device=device, model=name, workers=w, ctx=ctx_len, baseline_flash_attn=fa,
+                                hogwild_step_ms=round(hw, 4), batched_step_ms=round(batched, 4),
+                                single_step_ms=round(single[fa], 4), reprefill_step_ms=round(w * prefill[fa], 4),
+                                overhead_ratio=round(hw / batched, 3),
+                                speedup_vs_single=round(w * single[fa] / hw, 3),
+                                kv_cells=cells, unique_tokens=unique))
     model.close()
     return rows
 
