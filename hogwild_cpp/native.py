@@ -23,6 +23,10 @@ class NativeError(RuntimeError):
     """The llama.cpp library is missing, unpatched, or refused an operation."""
 
 
+class Unsupported(NativeError):
+    """The patched llama.cpp cannot give this model or context per-view positions (the reason says why)."""
+
+
 try:
     import llama_cpp.llama_cpp as ll
 except Exception as exc:  # pragma: no cover - depends on the installation
@@ -196,7 +200,9 @@ class Context:
         self.memory = ll.llama_get_memory(self.ptr)
         self._batch = ll.llama_batch_init(cfg.n_batch, 0, max(1, cfg.n_seq_max))
         if cfg.hogwild and _check(self.ptr) != 0:
-            raise NativeError(_last_error().decode())
+            reason = _last_error().decode()
+            self.close()
+            raise Unsupported(reason)
 
     # --- hogwild operations -------------------------------------------------
 

@@ -285,6 +285,32 @@ def write_gemma3_gguf(path, *, n_embd: int = 64, n_layer: int = 2, n_head: int =
     return write_all(writer, tensors, path)
 
 
+def write_qwen2vl_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4, n_head_kv: int = 2,
+                       n_ctx_train: int = 512, seed: int = 0) -> Path:
+    """A tiny Qwen2-VL text model: multi-dimensional RoPE (M-RoPE) with rope sections, f32."""
+    path, rng, n_ff, hd = Path(path), np.random.default_rng(seed), 2 * n_embd, n_embd // n_head
+    writer = gguf.GGUFWriter(path, "qwen2vl")
+    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(hd)
+    writer.add_rope_dimension_sections([hd // 8, hd // 8, hd // 4, 0])  # time, height, width: pairs of dims
+    add_byte_vocabulary(writer)
+    mat = lambda *shape: normal_weights(rng, shape)  # noqa: E731
+    one, zero = (lambda n: np.ones(n, np.float32)), (lambda n: np.zeros(n, np.float32))
+    tensors = {"token_embd.weight": mat(N_BASE_VOCAB, n_embd), "output_norm.weight": one(n_embd),
+               "output.weight": mat(N_BASE_VOCAB, n_embd)}
+    for i in range(n_layer):
+        tensors |= {f"blk.{i}.attn_norm.weight": one(n_embd),
+                    f"blk.{i}.attn_q.weight": mat(n_embd, n_embd), f"blk.{i}.attn_q.bias": zero(n_embd),
+                    f"blk.{i}.attn_k.weight": mat(n_head_kv * hd, n_embd), f"blk.{i}.attn_k.bias": zero(n_head_kv * hd),
+                    f"blk.{i}.attn_v.weight": mat(n_head_kv * hd, n_embd), f"blk.{i}.attn_v.bias": zero(n_head_kv * hd),
+                    f"blk.{i}.attn_output.weight": mat(n_embd, n_embd), f"blk.{i}.ffn_norm.weight": one(n_embd),
+                    f"blk.{i}.ffn_gate.weight": mat(n_ff, n_embd), f"blk.{i}.ffn_up.weight": mat(n_ff, n_embd),
+                    f"blk.{i}.ffn_down.weight": mat(n_embd, n_ff)}
+    return write_all(writer, tensors, path)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.gguf_gen", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output .gguf path")

@@ -166,6 +166,16 @@ def test_cli_refuses_a_file_that_is_not_gguf_with_llama_cpps_reason(tmp_path):
     assert res.exit_code == 2 and "could not load" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("arch, reason", [("gpt2", "no RoPE"), ("qwen2vl", "M-RoPE"), ("gemma3", "sliding-window")])
+def test_cli_refuses_an_unsupported_architecture_with_the_reason(tmp_path, arch, reason):
+    from models import gguf_gen
+
+    path = getattr(gguf_gen, f"write_{arch}_gguf")(tmp_path / f"{arch}.gguf")
+    res = CliRunner().invoke(cli.main, ["run", str(path), "-", "-n", "4"], input=PROBLEM)
+    assert res.exit_code == 2 and reason in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
 def test_cli_refuses_a_prompt_longer_than_the_context(one_layer):
     res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-c", "256"], input=PROBLEM * 20)
     assert res.exit_code == 2 and "does not fit the context" in res.output
