@@ -147,9 +147,10 @@ def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n
             single[fa] = batched_step(model, 1, ctx_len, steps, threads, rng, flash_attn=fa)
             prefill[fa] = prefill_ms(model, ctx_len, threads, rng, flash_attn=fa)
         for w in workers:
-            progress(f"ctx {ctx_len}: {w} workers")
+            progress(f"ctx {ctx_len}: {w} workers, hogwild")
             hw, cells, unique = hogwild_step(model, w, ctx_len, steps, threads, rng)
             for fa in FLASH[flash]:
+                progress(f"ctx {ctx_len}: {w} workers, batched" + (", flash attention" if fa else ""))
                 batched = batched_step(model, w, ctx_len, steps, threads, rng, flash_attn=fa)
                 rows.append(Row(device=device, model=name, workers=w, ctx=ctx_len, baseline_flash_attn=fa,
                                 hogwild_step_ms=round(hw, 4), batched_step_ms=round(batched, 4),
