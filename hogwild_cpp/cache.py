@@ -164,13 +164,20 @@ class SharedCache:
             if pl is not None and pl.start != pos:
                 moving.append((bid, pl, pos))
             pos += len(self.blocks[bid].tokens)
-        # park first, then place: old and new ranges may overlap in any order
-        for _, pl, _ in moving:
-            if pl.length:
+        held = [(pl, new) for _, pl, new in moving if pl.length]
+        if all(new > pl.start for pl, new in held) or all(new < pl.start for pl, new in held):
+            # all one way (blocks pushed along by a growing block before them): shift each once, the
+            # block furthest in that direction first, so no range picks up cells already moved
+            held.sort(key=lambda m: m[0].start, reverse=bool(held) and held[0][1] > held[0][0].start)
+            for pl, new in held:
+                ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, new - pl.start))
+        else:
+            # park first, then place: old and new ranges may overlap in any order
+            for pl, _ in held:
                 ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, _PARK))
-        for _, pl, new in moving:
-            if pl.length:
+            for pl, new in held:
                 ops.append((OP_SHIFT, seq, -1, pl.start + _PARK, pl.start + _PARK + pl.length, new - pl.start - _PARK))
+        for _, pl, new in moving:
             pl.start = new
         return {bid for bid, _, _ in moving}
 
