@@ -243,12 +243,12 @@ def test_ctrl_c_stops_within_a_step_and_writes_everything(one_layer, tmp_path):
 
     out, trace = tmp_path / "out.json", tmp_path / "t.jsonl"
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run", str(one_layer), "-", "-n", "100000",
-                             "-t", "2", "-c", "8192", "--output", str(out), "--trace", str(trace)],
+                             "-t", "2", "-c", "32768", "--output", str(out), "--trace", str(trace)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write(PROBLEM)
     proc.stdin.close()
     proc.stdin = None  # communicate() must not touch it again
-    time.sleep(8)  # well into the run
+    time.sleep(4)  # well into the run (the context lasts ~30 s)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
