@@ -85,8 +85,18 @@ def set_verbose(on: bool) -> None:
 
 
 def recent_log(n: int = 8) -> str:
-    """The last llama.cpp log lines, for error messages."""
+    """The last llama.cpp log lines."""
     return "".join(list(_log_lines)[-n:]).strip()
+
+
+_PROBLEM = ("error", "fail", "invalid", "bad_alloc", "out of memory", "cannot", "unable", "not ")
+
+
+def reason(n: int = 4) -> str:
+    """llama.cpp's reason for the last failure, on one line: its last log lines that name a problem."""
+    lines = [ln.strip() for ln in "".join(list(_log_lines)[-n:]).splitlines() if ln.strip()]
+    problems = [ln for ln in lines if any(w in ln.lower() for w in _PROBLEM)]
+    return "; ".join(problems or lines[-1:]) or "no reason given"
 
 
 class Model:
@@ -100,7 +110,7 @@ class Model:
         _log_lines.clear()
         self.ptr = ll.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
-            raise NativeError(f"llama.cpp could not load {path}: {recent_log(3) or 'no reason given'}")
+            raise NativeError(f"llama.cpp could not load {path}: {reason()}")
         self.vocab = ll.llama_model_get_vocab(self.ptr)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.ptr)
@@ -194,15 +204,15 @@ class Context:
         self.ptr = ll.llama_init_from_model(model.ptr, p)
         if not self.ptr:
             raise NativeError(f"llama.cpp could not create a context (n_ctx={cfg.n_ctx}): "
-                              f"{recent_log(3) or 'no reason given'}")
+                              f"{reason()}")
         model._contexts.add(self)
         self.n_ctx = ll.llama_n_ctx(self.ptr)
         self.memory = ll.llama_get_memory(self.ptr)
         self._batch = ll.llama_batch_init(cfg.n_batch, 0, max(1, cfg.n_seq_max))
         if cfg.hogwild and _check(self.ptr) != 0:
-            reason = _last_error().decode()
+            why = _last_error().decode()
             self.close()
-            raise Unsupported(reason)
+            raise Unsupported(why)
 
     # --- hogwild operations -------------------------------------------------
 
@@ -248,7 +258,7 @@ class Context:
             b.n_tokens = len(chunk)
             rc = ll.llama_decode(self.ptr, b)
             if rc != 0:
-                raise NativeError(f"llama_decode failed ({rc}): {recent_log(3) or 'no reason given'}")
+                raise NativeError(f"llama_decode failed ({rc}): {reason()}")
             for i, (_, _, _, want) in enumerate(chunk):
                 if want:
                     ptr = ll.llama_get_logits_ith(self.ptr, i)

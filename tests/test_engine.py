@@ -218,6 +218,14 @@ def test_cli_refuses_a_truncated_gguf(one_layer, tmp_path, cut):
     assert res.exit_code == 2 and "could not load" in res.output and "Traceback" not in res.output
 
 
+def test_cli_reports_a_kv_allocation_failure_on_one_line(one_layer):
+    """A KV cache too big for memory (here ~250 GB) is a runtime failure (exit 1) with a hint."""
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-c", "1000000000", "-n", "2"], input=PROBLEM)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "could not create a context" in res.output and "smaller -c" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
 def test_cli_warns_that_gpu_layers_need_a_gpu_build(one_layer):
     import llama_cpp.llama_cpp as ll
 
