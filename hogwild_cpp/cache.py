@@ -100,9 +100,10 @@ class SharedCache:
         ops: list[tuple[int, int, int, int, int, int]] = []
         moved: set[int] = set()
         dropping = []
-        first = [self._first_change(seq, view) for seq, view in enumerate(self.views)]
+        changed = [view != self._synced[seq] for seq, view in enumerate(self.views)]
+        first = [self._first_change(seq, view, changed[seq]) for seq, view in enumerate(self.views)]
         for seq, view in enumerate(self.views):
-            if view != self._synced[seq]:
+            if changed[seq]:
                 dropping += self._park_unseen(seq, view, ops)
             moved |= self._move(seq, view, first[seq], ops)
         for seq, view in enumerate(self.views):
@@ -120,16 +121,16 @@ class SharedCache:
                 self._tail[seq] = tail
         self.ctx.apply(ops)
         for seq, view in enumerate(self.views):
-            if view != self._synced[seq]:
+            if changed[seq]:
                 self._synced[seq] = list(view)
                 self._index[seq] = {bid: i for i, bid in enumerate(view)}
         self._grown.clear()
 
-    def _first_change(self, seq: int, view: list[int]) -> int:
+    def _first_change(self, seq: int, view: list[int], changed: bool) -> int:
         """Index of the first block of `view` whose place or length may differ from the last sync."""
         old, index = self._synced[seq], self._index[seq]
         first = len(view)
-        if view != old:
+        if changed:
             first = next((i for i, (a, b) in enumerate(zip(view, old)) if a != b), min(len(view), len(old)))
         for bid in self._grown:
             i = index.get(bid)
@@ -165,10 +166,11 @@ class SharedCache:
                 moving.append((bid, pl, pos))
             pos += len(self.blocks[bid].tokens)
         held = [(pl, new) for _, pl, new in moving if pl.length]
-        if all(new > pl.start for pl, new in held) or all(new < pl.start for pl, new in held):
+        right = [new > pl.start for pl, new in held]
+        if all(right) or not any(right):
             # all one way (blocks pushed along by a growing block before them): shift each once, the
             # block furthest in that direction first, so no range picks up cells already moved
-            held.sort(key=lambda m: m[0].start, reverse=bool(held) and held[0][1] > held[0][0].start)
+            held.sort(key=lambda m: m[0].start, reverse=all(right))
             for pl, new in held:
                 ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, new - pl.start))
         else:
