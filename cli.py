@@ -3,6 +3,7 @@
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,9 +94,30 @@ class LiveView:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write FILE.tmp, then rename it to FILE: FILE is whole or untouched, and no .tmp stays behind."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        if not tmp.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_result(path: Path, text: str) -> str | None:
+    """Write the result to PATH; if that fails, to the temporary directory. Returns the failure, if any."""
+    try:
+        _write_atomic(path, text)
+        return None
+    except OSError as exc:
+        problem = f"could not write {path} ({exc.strerror or exc})"
+    fallback = Path(tempfile.gettempdir()) / f"hogwild-{os.getpid()}-{path.name}"
+    try:
+        _write_atomic(fallback, text)
+        return f"{problem}; the result is in {fallback}"
+    except OSError:
+        return f"{problem}; the result follows:\n{text}"
 
 
 def _check_output_path(path: Path | None, flag: str) -> None:
@@ -171,6 +193,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
         raise InputError(f"{model.name} cannot run as hogwild workers: {exc}")
     except native.NativeError as exc:
         raise click.ClickException(f"{exc} (try a smaller -c or -ngl)")
+    except OSError as exc:  # the trace's file (its directory was checked above)
+        raise InputError(f"could not write the trace {trace_file}: {exc.strerror or exc}")
     tty = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if tty else None
     view = LiveView(engine.names, color=tty and not no_color, quiet=quiet, width=width)
@@ -192,8 +216,13 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
         engine.close()
     view.flush()
     click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  (stop: {result.reason})")
+    failures = []
+    if engine.trace is not None and engine.trace.error is not None:
+        failures.append(f"the trace was not written: {trace_file} ({engine.trace.error.strerror or engine.trace.error})")
     if output_file:
-        _write_atomic(output_file, json.dumps(asdict(result), indent=1, ensure_ascii=False))
+        failure = _save_result(output_file, json.dumps(asdict(result), indent=1, ensure_ascii=False))
+        if failure:
+            failures.append(failure)
     if not quiet:
         n_gen = sum(result.generated.values())
         per = ", ".join(f"{k} {v}" for k, v in result.generated.items())
@@ -201,6 +230,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
               f"({result.prompt_tokens / max(result.prompt_s, 1e-9):.1f} tok/s)\n"
               f"generated: {n_gen} tokens in {result.generate_s:.2f} s ({n_gen / max(result.generate_s, 1e-9):.1f} tok/s;"
               f" {per}), {result.steps} steps", file=sys.stderr)
+    if failures:  # a runtime failure: exit 1, after everything else was saved and said
+        raise click.ClickException("; ".join(failures))
     if result.reason == "interrupted":
         sys.exit(130)
 

@@ -98,8 +98,14 @@ class Engine:
         if s.cache_type not in types:
             raise ValueError(f"unknown cache type {s.cache_type!r}; choose from {', '.join(types)}")
         type_k, type_v = types[s.cache_type]
-        self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers,
-                                                n_threads=s.threads, type_k=type_k, type_v=type_v))
+        self.trace = TraceWriter(trace_path) if trace_path else None  # first: an unwritable path costs nothing
+        try:
+            self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers,
+                                                    n_threads=s.threads, type_k=type_k, type_v=type_v))
+        except BaseException:
+            if self.trace is not None:
+                self.trace.discard()
+            raise
         self.cache = SharedCache(self.ctx, s.workers)
         special = model.special_tokens()
         banned = {t for k, t in special.items() if k != "eos" or not s.stop_on_eos}
@@ -109,7 +115,6 @@ class Engine:
         self.banned = sorted(banned)
         self.samplers = [Sampler(model.n_vocab, s.temp, s.top_k, s.top_p, s.min_p, s.seed + w, self.banned)
                          for w in range(s.workers)]
-        self.trace = TraceWriter(trace_path) if trace_path else None
         self.stop_requested = False
 
     # --- setup ----------------------------------------------------------------
@@ -123,9 +128,10 @@ class Engine:
         c, W = self.cache, self.s.workers
         text = P.chat_prompt(self.model, self.names, self.s.layout, problem)
         toks = self.model.tokenize(text, add_special=True)
-        if len(toks) + 64 * W > self.ctx.n_ctx:
-            raise ValueError(f"the prompt ({len(toks)} tokens) does not fit the context ({self.ctx.n_ctx}); "
-                             "use a larger -c")
+        need = len(toks) + 64 * W  # room for the headers and a first step of every worker
+        if need > self.ctx.n_ctx:
+            raise ValueError(f"the prompt ({len(toks)} tokens) and {W} workers do not fit the context "
+                             f"({self.ctx.n_ctx} tokens): use -c {need} or more")
         self.prompt = c.new_block("prompt")
         view = [self.prompt.id]
         for i in range(0, len(toks), self.s.n_batch):  # chunked prefill, with progress
@@ -289,6 +295,8 @@ class Engine:
             self.trace.close()
 
     def close(self) -> None:
+        if self.trace is not None and self.trace.f is not None:
+            self.trace.discard()  # the run did not reach its end
         for smp in self.samplers:
             smp.close()
         self.ctx.close()

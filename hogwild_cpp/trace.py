@@ -8,21 +8,49 @@ from pathlib import Path
 
 
 class TraceWriter:
-    """Writes to FILE.tmp as the run goes and renames it to FILE when closed: no half-written file."""
+    """Writes to FILE.tmp as the run goes and renames it to FILE when closed: no half-written file.
+
+    A write that fails (a full disk, a file size limit) does not stop the run: the trace is dropped,
+    its temporary file removed, and the reason kept in `error` for the caller to report.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.f = open(self.tmp, "w", encoding="utf-8")
+        self.error: OSError | None = None
 
     def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.f is None:
+            return
+        try:
+            self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            self._drop(exc)
 
     def close(self) -> None:
-        if self.f:
+        if self.f is None:
+            return
+        try:
             self.f.close()
             self.f = None
             self.tmp.replace(self.path)
+        except OSError as exc:
+            self._drop(exc)
+
+    def discard(self) -> None:
+        """An unfinished trace (the run failed): remove the temporary file, write nothing."""
+        self._drop(None)
+
+    def _drop(self, exc: OSError | None) -> None:
+        self.error = exc
+        if self.f is not None:
+            try:
+                self.f.close()
+            except OSError:
+                pass  # the buffered rest fails the same way
+            self.f = None
+        self.tmp.unlink(missing_ok=True)
 
 
 def read_trace(path: str | os.PathLike) -> tuple[dict, dict[int, dict], list[dict], dict | None]:

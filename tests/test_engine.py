@@ -1,6 +1,7 @@
 """The engine: reproducible runs, traces that replay with stock decoding, interleaved views, the CLI."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,21 +150,110 @@ def test_cli_subprocess_reads_a_prompt_file(one_layer, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["missing.txt"], "does not exist"),
+    (["missing.txt"], "missing.txt does not exist"),
     (["-", "--names", "A,B,C"], "3 names for 2 workers"),
-    (["-", "--output", "/nonexistent-dir/out.json"], "does not exist"),
-    (["-", "-np", "0"], "0"),
+    (["-", "--names", "A"], "1 names for 2 workers"),
+    (["-", "-np", "0"], "0 is not in the range 1<=x<=64"),
+    (["-", "-np", "-2"], "-2 is not in the range 1<=x<=64"),
+    (["-", "-np", "65"], "65 is not in the range 1<=x<=64"),
+    (["-", "-n", "0"], "0 is not in the range x>=1"),
+    (["-", "-n", "-5"], "-5 is not in the range x>=1"),
+    (["-", "--temp", "-0.5"], "-0.5 is not in the range x>=0"),
+    (["-", "--layout", "tree"], "'tree' is not one of 'combined', 'stepwise', 'contiguous'"),
+    (["-", "--output", "/nonexistent-dir/out.json"], "directory /nonexistent-dir does not exist"),
+    (["-", "--trace", "/nonexistent-dir/t.jsonl"], "directory /nonexistent-dir does not exist"),
+    (["-", "--output", "{tmp}"], "{tmp} is a directory"),
+    (["-", "--trace", "{tmp}"], "{tmp} is a directory"),
 ])
-def test_cli_bad_input_is_a_one_line_error(one_layer, args, message):
+def test_cli_bad_input_is_a_one_line_error(one_layer, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
     res = CliRunner().invoke(cli.main, ["run", str(one_layer), *args], input=PROBLEM)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and message.format(tmp=tmp_path) in error[0], res.output
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("model, message", [("missing.gguf", "does not exist"), ("", "is a directory")])
+def test_cli_refuses_a_missing_model_or_a_directory(tmp_path, model, message):
+    res = CliRunner().invoke(cli.main, ["run", str(tmp_path / model), "-"], input=PROBLEM)
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_a_model_without_a_chat_template_gets_the_plain_prompt(one_layer, tmp_path):
+    """one_layer has no chat template; a template llama.cpp does not know also falls back."""
+    from hogwild_cpp import protocol
+
+    odd = gguf_gen.write_llama_gguf(tmp_path / "odd.gguf", n_embd=128, n_head=4, n_head_kv=2, n_layer=1,
+                                    seed=3, weight_std=0.3, chat_template="{{ no template llama.cpp knows }}")
+    for path in (one_layer, odd):
+        model = Model(path)
+        text = protocol.chat_prompt(model, ["Alice", "Bob"], "combined", PROBLEM)
+        model.close()
+        assert text.endswith(f"Problem: {PROBLEM}\n\nSolution:\n")
+    out = tmp_path / "out.json"
+    res = CliRunner().invoke(cli.main, ["run", str(odd), "-", "-n", "4", "-t", "2", "-c", "2048",
+                                        "--output", str(out)], input=PROBLEM)
+    assert res.exit_code == 0 and json.loads(out.read_text())["reason"] == "budget", res.output
+
+
+def test_cli_refuses_a_read_only_output_directory(one_layer, tmp_path):
+    """As root (CI), permissions do not apply: the CLI runs without the capability that overrides them."""
+    import os
+    import shutil
+
+    (tmp_path / "ro").mkdir(mode=0o555)
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    for flag in ("--output", "--trace"):
+        proc = subprocess.run([*prefix, sys.executable, str(ROOT / "cli.py"), "run", str(one_layer), "-", "-n", "2",
+                               flag, str(tmp_path / "ro" / "x.json")],
+                              input=PROBLEM, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"directory {tmp_path / 'ro'} is not writable" in proc.stderr.splitlines()[-1], proc.stderr
+        assert not list((tmp_path / "ro").iterdir())
+
+
+def test_a_trace_that_cannot_be_written_loses_nothing_else(one_layer, tmp_path):
+    """A file size limit (as a full disk would) fails the trace mid-run: the run goes on, the result
+    is written, no half trace is left, and the exit code (1) says something failed."""
+    import resource
+
+    out, trace = tmp_path / "out.json", tmp_path / "t.jsonl"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))  # noqa: E731
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(one_layer), "-", "-n", "40",
+                           "--temp", "0", "-t", "2", "-c", "2048", "--output", str(out), "--trace", str(trace)],
+                          input=PROBLEM, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"Error: the trace was not written: {trace} (File too large)"
+    assert json.loads(out.read_text())["reason"] == "budget"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_an_output_that_cannot_be_written_is_saved_elsewhere(one_layer, tmp_path):
+    """The output fails only at the end (its .tmp name is taken by a directory): exit 1, and the
+    result goes to the temporary directory instead, named in the error."""
+    out = tmp_path / "out.json"
+    (tmp_path / "out.json.tmp").mkdir()
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-n", "4", "--temp", "0", "-t", "2",
+                                        "-c", "2048", "--output", str(out)], input=PROBLEM)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    error = res.output.strip().splitlines()[-1]
+    assert error.startswith(f"Error: could not write {out} (Is a directory); the result is in "), error
+    saved = Path(error.split("the result is in ")[1])
+    assert json.loads(saved.read_text())["reason"] == "budget" and not out.exists()
+    saved.unlink()
 
 
 def test_cli_refuses_a_file_that_is_not_gguf_with_llama_cpps_reason(tmp_path):
     bad = tmp_path / "page.gguf"
     bad.write_text("<html>not a model</html>")
     res = CliRunner().invoke(cli.main, ["run", str(bad), "-"], input=PROBLEM)
-    assert res.exit_code == 2 and "could not load" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "could not load" in res.output and "invalid magic characters: '<htm'" in res.output  # llama.cpp's
 
 
 @pytest.mark.parametrize("arch, reason", [("gpt2", "no RoPE"), ("qwen2vl", "M-RoPE"), ("gemma3", "sliding-window")])
@@ -178,7 +268,9 @@ def test_cli_refuses_an_unsupported_architecture_with_the_reason(tmp_path, arch,
 
 def test_cli_refuses_a_prompt_longer_than_the_context(one_layer):
     res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-c", "256"], input=PROBLEM * 20)
-    assert res.exit_code == 2 and "does not fit the context" in res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert re.search(r"Error: the prompt \(\d+ tokens\) and 2 workers do not fit the context \(256 tokens\): "
+                     r"use -c \d+ or more", res.output), res.output
 
 
 def test_live_view_puts_each_worker_in_its_column_on_a_wide_terminal(capsys):
@@ -209,13 +301,15 @@ def test_cli_refuses_a_directory_as_prompt(one_layer, tmp_path):
     assert res.exit_code == 2 and "is a directory" in res.output
 
 
-@pytest.mark.parametrize("cut", ["header", "data"])
-def test_cli_refuses_a_truncated_gguf(one_layer, tmp_path, cut):
+@pytest.mark.parametrize("cut, reason", [("header", "failed to read"), ("data", "not within the file bounds")])
+def test_cli_refuses_a_truncated_gguf(one_layer, tmp_path, cut, reason):
     data = one_layer.read_bytes()
     bad = tmp_path / "cut.gguf"
     bad.write_bytes(data[:100] if cut == "header" else data[:-1000])
     res = CliRunner().invoke(cli.main, ["run", str(bad), "-"], input=PROBLEM)
-    assert res.exit_code == 2 and "could not load" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "could not load" in res.output and reason in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_cli_reports_a_kv_allocation_failure_on_one_line(one_layer):
