@@ -50,7 +50,7 @@ test: build model
 	$(VPY) -m pytest -q tests $(PYTEST_ARGS)
 
 soak: build model
-	$(VPY) benchmarks/soak.py $(SOAK_STEPS)
+	$(VPY) benchmarks/soak.py $(SOAK_ROUNDS) $(SOAK_STEPS) $(SOAK_CTX)
 
 build: llama-cpp $(VENV)/.hogwild-editable
 
