@@ -232,34 +232,48 @@ class SharedCache:
 
     # --- decoding -----------------------------------------------------------
 
-    def decode(self, appends: dict[int, list[int]], all_logits: bool = False) -> dict[int, np.ndarray]:
+    def decode(self, appends: dict[int, list[int]], all_logits: bool = False,
+               heads: dict[int, list[int]] | None = None) -> dict[int, np.ndarray]:
         """Append tokens to the last block of each given view, in one batched decode.
 
+        `heads[seq]`, if given, goes first into the block before the last, which must then be
+        empty: a separator and the step it introduces, written in one batch and adjacent, so
+        they share one delta in every view (no extra attention group).
         Returns each view's logits after its last new token (all rows with all_logits).
         """
+        heads = {seq: h for seq, h in (heads or {}).items() if h and appends.get(seq)}
+        for seq in heads:
+            if len(self.views[seq]) < 2 or self.blocks[self.views[seq][-1]].tokens:
+                raise ValueError(f"view {seq}: a head goes before an empty last block")
         self.sync()
-        items, first = [], {}
+        items, written = [], []
         for seq, toks in appends.items():
             if not toks:
                 continue
-            b = self.blocks[self.views[seq][-1]]
-            if b.writer is None:
-                b.writer, b.canon = seq, self._placed[seq][b.id].start - self._tail[seq]
-            elif b.writer != seq:
-                raise ValueError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
-            pos0 = self._placed[seq][b.id].start + len(b.tokens)
-            first[seq] = len(items)
-            items += [(t, pos0 + i, seq, all_logits or i == len(toks) - 1) for i, t in enumerate(toks)]
+            view = self.views[seq]
+            segments = [(view[-1], toks, True)]
+            if seq in heads:
+                segments.insert(0, (view[-2], heads[seq], False))
+            for bid, ts, wants_logits in segments:
+                b, pl = self.blocks[bid], self._placed[seq][bid]
+                if b.writer is None:
+                    b.writer, b.canon = seq, pl.start - self._tail[seq]
+                elif b.writer != seq:
+                    raise ValueError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
+                pos0 = pl.start + len(b.tokens)
+                items += [(t, pos0 + i, seq, wants_logits and (all_logits or i == len(ts) - 1))
+                          for i, t in enumerate(ts)]
+                written.append((seq, b, ts, wants_logits))
+                if not wants_logits:  # the (empty) last block now starts after the head
+                    self._placed[seq][view[-1]].start = pos0 + len(ts)
         logits = self.ctx.decode(items)
         out, k = {}, 0
-        for seq, toks in appends.items():
-            if not toks:
-                continue
-            b = self.blocks[self.views[seq][-1]]
-            b.tokens.extend(toks)
+        for seq, b, ts, wants_logits in written:
+            b.tokens.extend(ts)
             self._placed[seq][b.id].length = len(b.tokens)
             self._grown.add(b.id)
-            n = len(toks) if all_logits else 1
-            out[seq] = np.stack(logits[k:k + n]) if all_logits else logits[k]
-            k += n
+            if wants_logits:
+                n = len(ts) if all_logits else 1
+                out[seq] = np.stack(logits[k:k + n]) if all_logits else logits[k]
+                k += n
         return out

@@ -120,6 +120,10 @@ class Scenario:
         self.sep = cache.new_block("separator")
         self.own_sep = [cache.new_block("separator", owner=str(w)) for w in range(n_workers)]
         self.current = [cache.new_block("step", owner=str(w)) for w in range(n_workers)]
+        # "separated" (the engine's combined layout): each current step after a separator of its own,
+        # written with the step's first tokens in one batch (SharedCache.decode's heads)
+        self.step_sep = [cache.new_block("separator", owner=str(w)) for w in range(n_workers)]
+        self.heads: dict[int, list[int]] = {}
         # write the shared blocks: each is written as the last block of its writer's view
         cache.set_view(0, [self.prompt.id])
         cache.decode({0: self.tokens(12)})
@@ -138,12 +142,16 @@ class Scenario:
             return [self.prompt.id, *self.history, *others, self.current[w].id]
         if self.layout == "stepwise":
             return [self.prompt.id, *self.history, self.current[w].id]
+        if self.layout == "separated":
+            wip = [b for v in range(self.w) if v != w for b in (self.step_sep[v].id, self.current[v].id)]
+            return [self.prompt.id, *self.history, self.sep.id, *wip, self.step_sep[w].id, self.current[w].id]
         return [self.prompt.id, *self.history, self.sep.id, *others, self.own_sep[w].id, self.current[w].id]
 
     def commit(self, w):
         """Worker w's step joins the shared history; it starts a new step."""
         self.history.append(self.current[w].id)
         self.current[w] = self.cache.new_block("step", owner=str(w))
+        self.step_sep[w] = self.cache.new_block("separator", owner=str(w))
 
     def next_appends(self):
         if self.rng.random() < 0.3:
@@ -153,6 +161,8 @@ class Scenario:
         for w in range(self.w):
             self.cache.set_view(w, self.view(w))
         writers = self.rng.sample(range(self.w), self.rng.randint(1, self.w))
+        self.heads = {w: self.tokens(self.rng.randint(1, 2)) for w in writers
+                      if self.layout == "separated" and not self.step_sep[w].tokens}
         return {w: self.tokens(self.rng.randint(1, 3)) for w in sorted(writers)}
 
 
@@ -166,8 +176,8 @@ def check_views_match_fresh_decodes(model, n_workers, layout, cache_type, seed, 
     worst = 0.0
     for _ in range(n_steps):
         appends = sc.next_appends()
-        expected = {w: cache.materialize(w) + toks for w, toks in appends.items()}
-        got = cache.decode(appends)
+        expected = {w: cache.materialize(w) + sc.heads.get(w, []) + toks for w, toks in appends.items()}
+        got = cache.decode(appends, heads=sc.heads)
         for w, toks in expected.items():
             err = rel_l2(got[w], ref.logits(toks))
             worst = max(worst, err)
@@ -177,7 +187,7 @@ def check_views_match_fresh_decodes(model, n_workers, layout, cache_type, seed, 
 
 
 @pytest.mark.parametrize("n_workers", [1, 2, 3, 4, 8])
-@pytest.mark.parametrize("layout", ["combined", "stepwise", "contiguous"])
+@pytest.mark.parametrize("layout", ["combined", "separated", "stepwise", "contiguous"])
 def test_every_view_equals_a_fresh_decode_f32(tiny_models, n_workers, layout):
     check_views_match_fresh_decodes(tiny_models["gqa"], n_workers, layout, "f32", seed=n_workers)
 
@@ -194,8 +204,9 @@ def test_every_view_equals_a_fresh_decode_for_head_layouts_f32(tiny_models, head
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_interleavings_with_many_commits(tiny_models, seed):
-    check_views_match_fresh_decodes(tiny_models["mha"], 4, "combined", "f32", seed=100 + seed, n_steps=25)
+@pytest.mark.parametrize("layout", ["combined", "separated"])
+def test_random_interleavings_with_many_commits(tiny_models, seed, layout):
+    check_views_match_fresh_decodes(tiny_models["mha"], 4, layout, "f32", seed=100 + seed, n_steps=25)
 
 
 @pytest.mark.parametrize("which", ["sharp", "soft"])
@@ -218,6 +229,23 @@ def test_kv_cells_equal_unique_tokens(tiny_models):
         cache.decode(sc.next_appends())
     views_total = sum(len(cache.materialize(w)) for w in range(4))
     assert cache.used_cells() == cache.unique_tokens() < views_total
+
+
+def test_a_head_goes_only_before_an_empty_last_block(tiny_models):
+    """heads[seq] fills the block before the last, in the same batch; a written last block refuses it."""
+    model = tiny_models["gqa"]
+    ctx = Context(model, ContextConfig(n_ctx=1024, n_seq_max=1, n_threads=2, type_k=F32, type_v=F32))
+    cache = SharedCache(ctx, 1)
+    prompt, sep, step = cache.new_block("prompt"), cache.new_block("separator"), cache.new_block("step")
+    cache.set_view(0, [prompt.id])
+    cache.decode({0: [5, 6, 7]})
+    cache.set_view(0, [prompt.id, sep.id, step.id])
+    got = cache.decode({0: [9, 10]}, heads={0: [8]})[0]
+    assert (sep.tokens, step.tokens) == ([8], [9, 10]) and sep.canon + 1 == step.canon
+    assert rel_l2(got, Reference(model, F32, F32).logits([5, 6, 7, 8, 9, 10])) <= CACHE_TYPES["f32"][3]
+    with pytest.raises(ValueError, match="empty last block"):
+        cache.decode({0: [11]}, heads={0: [12]})
+    ctx.close()
 
 
 def greedy(model, step, prompt, n):
