@@ -138,21 +138,16 @@ class Engine:
             self._write(0, view, toks[i:i + self.s.n_batch])
             yield Progress(min(i + self.s.n_batch, len(toks)), len(toks))
         self.others_hdr = c.new_block("separator")
-        self.own_hdr = [c.new_block("separator", owner=n) for n in self.names]
-        self.marker = [c.new_block("separator", owner=n) for n in self.names]
         if self.s.layout == "combined":
             self._write(0, [self.prompt.id, self.others_hdr.id], P.OTHERS_HEADER)
-            base = [self.prompt.id, self.others_hdr.id]
-            for w in range(W):  # each worker writes its marker (others see it), then its own header
-                c.set_view(w, base + [self.marker[w].id])
-            c.decode({w: self.model.tokenize(P.UNFINISHED) for w in range(W)})
-            for w in range(W):
-                c.set_view(w, base + [self.marker[w].id, self.own_hdr[w].id])
-            c.decode({w: self.model.tokenize(P.OWN_HEADER) for w in range(W)})
         self.history: list[int] = []
         self.step_no = [0] * W
         self.current = [None] * W
+        # combined layout: each unfinished step comes after a separator block of its own, written
+        # with the step's first tokens (adjacent cells, one delta in every view: no extra group)
+        self.separator: list = [None] * W
         self.pending: list[list[int]] = [[] for _ in range(W)]
+        self.pending_sep: list[list[int]] = [[] for _ in range(W)]
         self.step_text = [""] * W
         self.finishing = [False] * W
         self.check_next = 0
@@ -161,6 +156,9 @@ class Engine:
 
     def _new_step(self, w: int, check: bool) -> None:
         self.step_no[w] += 1
+        if self.s.layout == "combined":
+            self.separator[w] = self.cache.new_block("separator", owner=self.names[w])
+            self.pending_sep[w] = self.model.tokenize(P.STEP_SEPARATOR)
         self.current[w] = self.cache.new_block("step", owner=self.names[w])
         prefix = P.step_prefix(self.names[w], self.step_no[w]) + (P.REDUNDANCY_CHECK if check else "")
         self.pending[w] = self.model.tokenize(prefix)  # the previous step ended with a blank line
@@ -173,8 +171,8 @@ class Engine:
             return [self.prompt.id, *self.history, *cur, self.current[w].id]
         if self.s.layout == "stepwise":
             return [self.prompt.id, *self.history, self.current[w].id]
-        wip = [b for v in others for b in (self.current[v].id, self.marker[v].id)]
-        return [self.prompt.id, *self.history, self.others_hdr.id, *wip, self.own_hdr[w].id, self.current[w].id]
+        wip = [b for v in [*others, w] for b in (self.separator[v].id, self.current[v].id)]
+        return [self.prompt.id, *self.history, self.others_hdr.id, *wip]
 
     # --- the loop -------------------------------------------------------------
 
@@ -189,23 +187,29 @@ class Engine:
                 reason = "interrupted"
                 break
             appends = {w: self.pending[w] for w in range(W) if self.pending[w]}
-            if self.cache.used_cells() + sum(map(len, appends.values())) + 2 * W >= self.ctx.n_ctx:
+            heads = {w: self.pending_sep[w] for w in appends if self.pending_sep[w]}
+            n_new = sum(map(len, appends.values())) + sum(map(len, heads.values()))
+            if self.cache.used_cells() + n_new + 2 * W >= self.ctx.n_ctx:
                 reason = "ctx_full"
                 break
             for w in range(W):
                 self.cache.set_view(w, self._view(w))
-            views = {w: self.cache.view_prefixes(w) for w in appends}
-            logits = self.cache.decode(appends)
+            views = {w: self.cache.view_prefixes(w) for w in appends} if self.trace else {}
+            logits = self.cache.decode(appends, heads=heads)
             for w in sorted(appends):
                 self.pending[w] = []
+                self.pending_sep[w] = []
                 if self.finishing[w]:  # its last token is in: the step joins the history
                     yield from self._commit(w)
                     answer = P.extract_boxed(self.step_text_done) or answer
                     continue
-                views[w][-1] = (views[w][-1][0], views[w][-1][1] + len(appends[w]))
+                if self.trace:  # the view the token was sampled from: with what was just decoded
+                    views[w][-1] = (views[w][-1][0], views[w][-1][1] + len(appends[w]))
+                    if w in heads:
+                        views[w][-2] = (views[w][-2][0], views[w][-2][1] + len(heads[w]))
                 tok = self.samplers[w].sample(logits[w])
                 generated[w] += 1
-                self._trace_token(step, self.names[w], views[w], tok, _logprob(logits[w], tok))
+                self._trace_token(step, self.names[w], views.get(w), tok, logits[w])
                 if self.model.is_eog(tok) and self.s.stop_on_eos:
                     reason = "eos"
                 piece = self.model.piece(tok).decode("utf-8", errors="replace")
@@ -257,7 +261,7 @@ class Engine:
             logits = self.cache.decode({0: toks})[0]
             prefixes[-1] = (block.id, len(block.tokens))
             tok = greedy.sample(logits)
-            self._trace_token(None, None, prefixes, tok, _logprob(logits, tok))
+            self._trace_token(None, None, prefixes, tok, logits)
             text += self.model.piece(tok).decode("utf-8", errors="replace")
             toks = [tok]
             if "}" in text:
@@ -280,10 +284,10 @@ class Engine:
                                                            "min_p": s.min_p},
                               "suppressed": self.banned})
 
-    def _trace_token(self, step, worker, view, token, logprob) -> None:
-        if self.trace:
-            self.trace.write({"type": "token", "step": step, "worker": worker,
-                              "view": [[b, n] for b, n in view], "token": token, "logprob": logprob})
+    def _trace_token(self, step, worker, view, token, logits: np.ndarray) -> None:
+        if self.trace:  # the log-probability costs a pass over the vocabulary: only for the trace
+            self.trace.write({"type": "token", "step": step, "worker": worker, "view": [[b, n] for b, n in view],
+                              "token": token, "logprob": _logprob(logits, token)})
 
     def _trace_end(self, result: Result) -> None:
         if self.trace:

@@ -9,9 +9,10 @@ NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi",
 
 LAYOUTS = ("combined", "stepwise", "contiguous")
 
-OTHERS_HEADER = "\n\n[Work in progress by the others]\n"
-OWN_HEADER = "\n\n[Your own work in progress]\n"
-UNFINISHED = " <...>\n"
+# combined layout: the header of the unfinished steps, then each unfinished step after a blank line
+# of its own (a separate block, so that the history shows the step without it); yours comes last
+OTHERS_HEADER = "\n\n[Steps being written right now, unfinished; yours is last]"
+STEP_SEPARATOR = "\n\n"
 REDUNDANCY_CHECK = "Quick check: am I doing work someone else already did? (yes/no): "
 FINISHER = ("\n\nTime is up: I have to give an answer right now, using everything written above. "
             "The final answer is \\boxed{")
@@ -31,7 +32,7 @@ def system_prompt(names: list[str], layout: str) -> str:
                 "others immediately.")
     where = {
         "combined": "Finished steps of everyone appear in order at the top; below them, under a header, "
-                    "each other assistant's unfinished step, and last your own current step.",
+                    "every assistant's unfinished step, with your own current step last.",
         "stepwise": "You see the finished steps of everyone, in the order they were finished, then your own "
                     "current step.",
         "contiguous": "You see what the others are writing right now, then your own text at the end.",
