@@ -1,7 +1,8 @@
 """Decode-step timings: hogwild views against plain llama.cpp, in one process and one run.
 
 For W workers at context length L (tokens in each worker's view):
-  hogwild   one step of W workers over a combined layout (prompt, history, W current steps)
+  hogwild   one step of W workers over the engine's combined layout (prompt, history, a header,
+            each worker's current step after its separator, the viewer's own last)
   batched   one step of W sequences of length L with stock llama.cpp (prefix shared by seq_cp)
   single    one step of one sequence of length L
   reprefill re-encoding every worker's view from scratch: W prefills of L tokens
@@ -66,7 +67,7 @@ def hogwild_step(model: Model, workers: int, ctx_len: int, steps: int, threads: 
     ctx = Context(model, _config(model, n_ctx, workers, threads))
     cache = SharedCache(ctx, workers)
     own = max(1, min(STEP_LEN, ctx_len // (4 * workers)))
-    shared = ctx_len - workers * own
+    shared = ctx_len - workers * (own + 1) - 12  # the header and the separators count too
     prompt_len = max(1, shared // 4)
     prompt = cache.new_block("prompt")
     history = []
@@ -80,13 +81,20 @@ def hogwild_step(model: Model, workers: int, ctx_len: int, steps: int, threads: 
         cache.set_view(0, [prompt.id, *history])
         cache.decode({0: _tokens(rng, n, model.n_vocab)})
         left -= n
+    # the engine's combined layout: a header, then each worker's unfinished step after a separator
+    # block of its own (written with the step's first tokens), the viewer's own step last
+    header = cache.new_block("separator")
+    cache.set_view(0, [prompt.id, *history, header.id])
+    cache.decode({0: _tokens(rng, 12, model.n_vocab)})
+    sep = [cache.new_block("separator") for _ in range(workers)]
     current = [cache.new_block("step") for _ in range(workers)]
     for w in range(workers):
-        cache.set_view(w, [prompt.id, *history, current[w].id])
-    cache.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)})
+        cache.set_view(w, [prompt.id, *history, header.id, sep[w].id, current[w].id])
+    cache.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)},
+                 heads={w: _tokens(rng, 1, model.n_vocab) for w in range(workers)})
     for w in range(workers):
-        others = [current[v].id for v in range(workers) if v != w]
-        cache.set_view(w, [prompt.id, *history, *others, current[w].id])
+        wip = [b for v in [*range(w), *range(w + 1, workers), w] for b in (sep[v].id, current[v].id)]
+        cache.set_view(w, [prompt.id, *history, header.id, *wip])
 
     def step():
         cache.decode({w: [rng.randrange(3, model.n_vocab)] for w in range(workers)})
