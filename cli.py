@@ -283,9 +283,7 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, json_
                  device=device, flash=flash, progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     click.echo(b.markdown(rows))
     if json_file:
-        tmp = json_file.with_suffix(json_file.suffix + ".tmp")
-        tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=1))
-        tmp.replace(json_file)
+        _write_atomic(json_file, json.dumps({"rows": [asdict(r) for r in rows]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -299,8 +299,8 @@ class Engine:
             self.trace.close()
 
     def close(self) -> None:
-        if self.trace is not None and self.trace.f is not None:
-            self.trace.discard()  # the run did not reach its end
+        if self.trace is not None:
+            self.trace.discard()  # if the run did not reach its end
         for smp in self.samplers:
             smp.close()
         self.ctx.close()

@@ -39,8 +39,10 @@ class TraceWriter:
             self._drop(exc)
 
     def discard(self) -> None:
-        """An unfinished trace (the run failed): remove the temporary file, write nothing."""
-        self._drop(None)
+        """An unfinished trace (the run failed): remove the temporary file, write nothing.
+        Nothing to do once the trace is closed or dropped."""
+        if self.f is not None:
+            self._drop(None)
 
     def _drop(self, exc: OSError | None) -> None:
         self.error = exc
