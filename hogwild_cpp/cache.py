@@ -8,7 +8,13 @@ bookkeeping: no token is recomputed and no KV is copied.
 
 Each block has a *canonical* start: the position its stored K is rotated for. Its *delta* in a
 view is (start in that view - canonical start). Tokens are only ever appended to the last block
-of the writer's own view (llama.cpp's rule: a sequence's next token follows its last position).
+of the writer's own view (llama.cpp's rule: a sequence's next token follows its last position);
+a writer's *tail* delta stores them for the block's canonical positions even after the block
+moved in the writer's view, so a block keeps one delta in every view.
+
+Same-step visibility (paper §3.1): the tokens one decode appends reach every view that holds their
+block in that decode, before attention runs. Views are laid out with this step's growth included,
+and each writer's new tokens are placed in the other views as they are stored (FOLLOW).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .native import OP_FOLD, OP_SHARE, OP_SHIFT, OP_TAIL, Context
+from .native import OP_FOLD, OP_FOLLOW, OP_SHARE, OP_SHIFT, OP_TAIL, Context
 
 _PARK = 1 << 28  # moved blocks are parked above every real position, then placed
 
@@ -28,7 +34,7 @@ class Block:
     kind: str                  # prompt | separator | step | finisher
     owner: str | None = None   # worker name, for traces
     tokens: list[int] = field(default_factory=list)
-    writer: int | None = None  # the sequence that stored its cells
+    writer: int | None = None  # the sequence that stores its cells
     canon: int = 0             # canonical position of tokens[0]
 
 
@@ -49,6 +55,8 @@ class SharedCache:
         self.views: list[list[int]] = [[] for _ in range(n_views)]
         self._placed: list[dict[int, _Placed]] = [{} for _ in range(n_views)]
         self._tail = [0] * n_views
+        self._following: set[int] = set()  # writers with followers set in the cache
+        self._growing: dict[int, int] = {}  # during a decode: tokens each block is about to get
         # what the last sync applied: each view's block list (with an index), and the blocks that
         # grew since; a sync only looks at each view from its first changed block on
         self._synced: list[list[int]] = [[] for _ in range(n_views)]
@@ -89,6 +97,10 @@ class SharedCache:
         return sum(len(self.blocks[bid].tokens) for bid in held)
 
     # --- applying views to the cache ----------------------------------------
+
+    def _len(self, bid: int) -> int:
+        """A block's length for laying out views: with the tokens the current decode appends."""
+        return len(self.blocks[bid].tokens) + self._growing.get(bid, 0)
 
     def sync(self) -> None:
         """Make the cache match the views: park unseen blocks, move, share, drop, fold, set tails.
@@ -132,7 +144,7 @@ class SharedCache:
         first = len(view)
         if changed:
             first = next((i for i, (a, b) in enumerate(zip(view, old)) if a != b), min(len(view), len(old)))
-        for bid in self._grown:
+        for bid in self._grown | self._growing.keys():
             i = index.get(bid)
             if i is not None and i < first:
                 first = i
@@ -143,7 +155,7 @@ class SharedCache:
         if i == 0:
             return 0
         prev = view[i - 1]
-        return self._placed[seq][prev].start + len(self.blocks[prev].tokens)
+        return self._placed[seq][prev].start + self._len(prev)
 
     def _park_unseen(self, seq: int, view: list[int], ops) -> list[tuple[int, int]]:
         keep, placed, out = set(view), self._placed[seq], []
@@ -164,7 +176,7 @@ class SharedCache:
             pl = placed.get(bid)
             if pl is not None and pl.start != pos:
                 moving.append((bid, pl, pos))
-            pos += len(self.blocks[bid].tokens)
+            pos += self._len(bid)
         held = [(pl, new) for _, pl, new in moving if pl.length]
         right = [new > pl.start for pl, new in held]
         if all(right) or not any(right):
@@ -196,7 +208,7 @@ class SharedCache:
                 ops.append((OP_SHARE, src, seq, lo, hi, pl.start - spl[bid].start))
                 pl.length = len(b.tokens)
                 grown.add(bid)
-            pos += len(b.tokens)
+            pos += self._len(bid)
         return grown
 
     def _holder(self, bid: int, exclude: int) -> int:
@@ -210,7 +222,8 @@ class SharedCache:
         raise RuntimeError(f"block {bid}: no sequence holds its cells any more")
 
     def _fold(self, candidates: set[int], ops) -> None:
-        """A delta that every holder of a block shares is folded into its stored K (fewer groups)."""
+        """A delta that every holder of a block shares is folded into its stored K: then every view
+        sees the block where it is stored, and attention needs no per-view copy of it."""
         for bid in candidates:
             b = self.blocks[bid]
             holders = [(s, p[bid]) for s, p in enumerate(self._placed) if bid in p and p[bid].length]
@@ -236,44 +249,80 @@ class SharedCache:
                heads: dict[int, list[int]] | None = None) -> dict[int, np.ndarray]:
         """Append tokens to the last block of each given view, in one batched decode.
 
+        Every view that holds a block being appended to sees its new tokens in this same decode, at
+        its own positions (same-step visibility); a view's own new tokens come after them.
         `heads[seq]`, if given, goes first into the block before the last, which must then be
-        empty: a separator and the step it introduces, written in one batch and adjacent, so
-        they share one delta in every view (no extra attention group).
+        empty: a separator and the step it introduces, written in one batch and adjacent.
         Returns each view's logits after its last new token (all rows with all_logits).
         """
-        heads = {seq: h for seq, h in (heads or {}).items() if h and appends.get(seq)}
+        appends = {seq: toks for seq, toks in appends.items() if toks}
+        heads = {seq: h for seq, h in (heads or {}).items() if h and seq in appends}
         for seq in heads:
             if len(self.views[seq]) < 2 or self.blocks[self.views[seq][-1]].tokens:
                 raise ValueError(f"view {seq}: a head goes before an empty last block")
-        self.sync()
-        items, written = [], []
+        writes = []  # (seq, block, tokens, wants logits)
         for seq, toks in appends.items():
-            if not toks:
-                continue
             view = self.views[seq]
-            segments = [(view[-1], toks, True)]
             if seq in heads:
-                segments.insert(0, (view[-2], heads[seq], False))
-            for bid, ts, wants_logits in segments:
-                b, pl = self.blocks[bid], self._placed[seq][bid]
-                if b.writer is None:
-                    b.writer, b.canon = seq, pl.start - self._tail[seq]
-                elif b.writer != seq:
-                    raise ValueError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
-                pos0 = pl.start + len(b.tokens)
-                items += [(t, pos0 + i, seq, wants_logits and (all_logits or i == len(ts) - 1))
-                          for i, t in enumerate(ts)]
-                written.append((seq, b, ts, wants_logits))
-                if not wants_logits:  # the (empty) last block now starts after the head
-                    self._placed[seq][view[-1]].start = pos0 + len(ts)
-        logits = self.ctx.decode(items)
+                writes.append((seq, self.blocks[view[-2]], heads[seq], False))
+            writes.append((seq, self.blocks[view[-1]], toks, True))
+        for seq, b, _, _ in writes:
+            if b.writer is not None and b.writer != seq:
+                raise ValueError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
+        if sum(len(t) for _, _, t, _ in writes) > self.ctx.cfg.n_batch and len(appends) > 1:
+            raise ValueError(f"one step of {sum(len(t) for _, _, t, _ in writes)} tokens exceeds n_batch "
+                             f"({self.ctx.cfg.n_batch}): the workers would not see each other's tokens")
+        self._growing = {b.id: len(t) for _, b, t, _ in writes}
+        try:
+            self.sync()
+            for seq, b, _, _ in writes:
+                if b.writer is None:  # a new block is stored where its writer sees it
+                    b.writer, b.canon = seq, self._placed[seq][b.id].start - self._tail[seq]
+            followers = self._follow(appends, heads)
+        finally:
+            self._growing = {}
+        items = []
+        for seq, b, ts, wants_logits in writes:
+            pos0 = self._placed[seq][b.id].start + len(b.tokens)
+            items += [(t, pos0 + i, seq, wants_logits and (all_logits or i == len(ts) - 1))
+                      for i, t in enumerate(ts)]
+        try:
+            logits = self.ctx.decode(items)
+        except BaseException:
+            self._grown |= {b.id for _, b, _, _ in writes}  # the views were laid out for tokens that did not come
+            raise
         out, k = {}, 0
-        for seq, b, ts, wants_logits in written:
+        for seq, b, ts, wants_logits in writes:
             b.tokens.extend(ts)
-            self._placed[seq][b.id].length = len(b.tokens)
+            for s in [seq, *followers.get(seq, ())]:
+                self._placed[s][b.id].length = len(b.tokens)
             self._grown.add(b.id)
             if wants_logits:
                 n = len(ts) if all_logits else 1
                 out[seq] = np.stack(logits[k:k + n]) if all_logits else logits[k]
                 k += n
         return out
+
+    def _follow(self, appends: dict[int, list[int]], heads: dict[int, list[int]]) -> dict[int, list[int]]:
+        """Tell the cache which views see each writer's new tokens, and where; returns the followers.
+
+        A view follows a writer when it holds the block being appended to (and the head block, at the
+        same offset): the new tokens go there at the view's positions as they are stored.
+        """
+        ops, followers = [], {}
+        for seq in sorted(self._following | appends.keys()):
+            ops.append((OP_FOLLOW, seq, -1, -1, -1, 0))
+        for seq in sorted(appends):
+            view = self.views[seq]
+            blocks = view[-2:] if seq in heads else view[-1:]
+            mine = [self._placed[seq][b].start for b in blocks]
+            for s, placed in enumerate(self._placed):
+                if s == seq or any(b not in placed or placed[b].length != len(self.blocks[b].tokens) for b in blocks):
+                    continue
+                deltas = {placed[b].start - m for b, m in zip(blocks, mine)}
+                if len(deltas) == 1:
+                    ops.append((OP_FOLLOW, seq, s, -1, -1, deltas.pop()))
+                    followers.setdefault(seq, []).append(s)
+        self.ctx.apply(ops)
+        self._following = set(followers)
+        return followers

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import protocol as P
 from .cache import SharedCache
-from .native import Context, ContextConfig, Model, Sampler
+from .native import CACHE_TYPES, FLASH_ATTN, Context, ContextConfig, ContextFull, Model, Sampler
 from .trace import TraceWriter
 
 
@@ -37,7 +37,9 @@ class Settings:
     stop_on_eos: bool = False
     finisher_tokens: int = 16
     n_batch: int = 512
-    cache_type: str = "f16"         # KV cache: f32, f16, or q8_0 (K only; V stays f16)
+    cache_type_k: str = "f16"       # KV cache types: f32, f16, q8_0, q4_0 (a quantized V needs flash attention)
+    cache_type_v: str = "f16"
+    flash_attn: str = "auto"        # on | off | auto (on where the backend supports it, as llama.cpp)
 
 
 @dataclass
@@ -94,14 +96,18 @@ class Engine:
         if len(self.names) != s.workers:
             raise ValueError(f"{len(self.names)} names for {s.workers} workers")
         n_ctx = s.n_ctx or min(model.n_ctx_train, 8192)
-        types = {"f32": (0, 0), "f16": (1, 1), "q8_0": (8, 1)}
-        if s.cache_type not in types:
-            raise ValueError(f"unknown cache type {s.cache_type!r}; choose from {', '.join(types)}")
-        type_k, type_v = types[s.cache_type]
+        for name, t in (("K", s.cache_type_k), ("V", s.cache_type_v)):
+            if t not in CACHE_TYPES:
+                raise ValueError(f"unknown {name} cache type {t!r}; choose from {', '.join(CACHE_TYPES)}")
+        if s.flash_attn not in FLASH_ATTN:
+            raise ValueError(f"unknown flash attention setting {s.flash_attn!r}; choose from {', '.join(FLASH_ATTN)}")
+        if s.cache_type_v not in ("f32", "f16") and s.flash_attn == "off":
+            raise ValueError(f"a quantized V cache ({s.cache_type_v}) needs flash attention (-fa on or auto)")
         self.trace = TraceWriter(trace_path) if trace_path else None  # first: an unwritable path costs nothing
         try:
             self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers,
-                                                    n_threads=s.threads, type_k=type_k, type_v=type_v))
+                                                    n_threads=s.threads, type_k=s.cache_type_k,
+                                                    type_v=s.cache_type_v, flash_attn=s.flash_attn))
         except BaseException:
             if self.trace is not None:
                 self.trace.discard()
@@ -194,8 +200,13 @@ class Engine:
                 break
             for w in range(W):
                 self.cache.set_view(w, self._view(w))
+            try:
+                logits = self.cache.decode(appends, heads=heads)
+            except ContextFull:  # no room for the step's tokens or the copies attention needs
+                reason = "ctx_full"
+                break
+            # the view each token was sampled from: with what was just decoded, the others' tokens included
             views = {w: self.cache.view_prefixes(w) for w in appends} if self.trace else {}
-            logits = self.cache.decode(appends, heads=heads)
             for w in sorted(appends):
                 self.pending[w] = []
                 self.pending_sep[w] = []
@@ -203,10 +214,6 @@ class Engine:
                     yield from self._commit(w)
                     answer = P.extract_boxed(self.step_text_done) or answer
                     continue
-                if self.trace:  # the view the token was sampled from: with what was just decoded
-                    views[w][-1] = (views[w][-1][0], views[w][-1][1] + len(appends[w]))
-                    if w in heads:
-                        views[w][-2] = (views[w][-2][0], views[w][-2][1] + len(heads[w]))
                 tok = self.samplers[w].sample(logits[w])
                 generated[w] += 1
                 self._trace_token(step, self.names[w], views.get(w), tok, logits[w])
@@ -257,9 +264,11 @@ class Engine:
         for _ in range(self.s.finisher_tokens):
             if self.cache.used_cells() + len(toks) >= self.ctx.n_ctx:
                 break
+            try:
+                logits = self.cache.decode({0: toks})[0]
+            except ContextFull:
+                break
             prefixes = self.cache.view_prefixes(0)
-            logits = self.cache.decode({0: toks})[0]
-            prefixes[-1] = (block.id, len(block.tokens))
             tok = greedy.sample(logits)
             self._trace_token(None, None, prefixes, tok, logits)
             text += self.model.piece(tok).decode("utf-8", errors="replace")

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
-OP_SHARE, OP_SHIFT, OP_FOLD, OP_TAIL = 0, 1, 2, 3
+OP_SHARE, OP_SHIFT, OP_FOLD, OP_TAIL, OP_FOLLOW = 0, 1, 2, 3, 4
+
+# ggml type ids of the KV cache types we offer (ggml.h)
+CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+
+FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
 
 
 class NativeError(RuntimeError):
@@ -25,6 +30,10 @@ class NativeError(RuntimeError):
 
 class Unsupported(NativeError):
     """The patched llama.cpp cannot give this model or context per-view positions (the reason says why)."""
+
+
+class ContextFull(NativeError):
+    """The KV cache has no room for a batch (its tokens, or the per-view copies attention needs); nothing changed."""
 
 
 try:
@@ -57,6 +66,9 @@ _check = _bind("llama_hogwild_check", [ll.llama_context_p_ctypes], ctypes.c_int3
 _apply = _bind("llama_hogwild_apply",
                [ll.llama_context_p_ctypes, ctypes.POINTER(HogwildOp), ctypes.c_int32], ctypes.c_int32)
 _used_cells = _bind("llama_hogwild_used_cells", [ll.llama_context_p_ctypes], ctypes.c_int32)
+_flash_attn = _bind("llama_hogwild_flash_attn", [ll.llama_context_p_ctypes], ctypes.c_int32)
+_last_shadows = _bind("llama_hogwild_last_shadows", [ll.llama_context_p_ctypes, ctypes.POINTER(ctypes.c_int32),
+                                                     ctypes.POINTER(ctypes.c_int32)], None)
 _last_error = _bind("llama_hogwild_last_error", [], ctypes.c_char_p)
 
 if _abi_version() != ABI_VERSION:
@@ -180,9 +192,9 @@ class ContextConfig:
     n_batch: int = 512
     n_seq_max: int = 1
     n_threads: int = 0          # 0: all cores
-    type_k: int = 1             # GGML_TYPE_F16 (0: F32, 8: Q8_0)
-    type_v: int = 1
-    flash_attn: bool = False    # hogwild views need it off (see patches/README.md)
+    type_k: str = "f16"         # a key of CACHE_TYPES
+    type_v: str = "f16"         # quantized V needs flash attention (as in llama.cpp)
+    flash_attn: str = "auto"    # on | off | auto (on where the backend supports it)
     hogwild: bool = True        # unified KV cache, views checked supported
 
 
@@ -196,8 +208,8 @@ class Context:
         p.n_seq_max = cfg.n_seq_max
         threads = cfg.n_threads or os.cpu_count() or 1
         p.n_threads = p.n_threads_batch = threads
-        p.type_k, p.type_v = cfg.type_k, cfg.type_v
-        p.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.type_k, p.type_v = CACHE_TYPES[cfg.type_k], CACHE_TYPES[cfg.type_v]
+        p.flash_attn_type = FLASH_ATTN[cfg.flash_attn]
         p.kv_unified = True
         p.no_perf = True
         _log_lines.clear()
@@ -207,6 +219,7 @@ class Context:
                               f"{reason()}")
         model._contexts.add(self)
         self.n_ctx = ll.llama_n_ctx(self.ptr)
+        self.flash_attn = bool(_flash_attn(self.ptr))  # what "auto" resolved to
         self.memory = ll.llama_get_memory(self.ptr)
         self._batch = ll.llama_batch_init(cfg.n_batch, 0, max(1, cfg.n_seq_max))
         if cfg.hogwild and _check(self.ptr) != 0:
@@ -227,12 +240,16 @@ class Context:
     def used_cells(self) -> int:
         return _used_cells(self.ptr)
 
+    def last_shadows(self) -> tuple[int, int]:
+        """The per-view copies the last decode needed: (real, with padding) — scratch cells after the used ones."""
+        real, padded = ctypes.c_int32(), ctypes.c_int32()
+        _last_shadows(self.ptr, ctypes.byref(real), ctypes.byref(padded))
+        return real.value, padded.value
+
     # --- stock operations ---------------------------------------------------
 
     def clear(self) -> None:
-        ll.llama_memory_clear(self.memory, True)
-        if self.cfg.hogwild:
-            self.apply([(OP_TAIL, s, -1, -1, -1, 0) for s in range(self.cfg.n_seq_max)])
+        ll.llama_memory_clear(self.memory, True)  # tails and followers go too
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         ll.llama_memory_seq_rm(self.memory, seq, p0, p1)
@@ -257,6 +274,8 @@ class Context:
                 b.logits[i] = want
             b.n_tokens = len(chunk)
             rc = ll.llama_decode(self.ptr, b)
+            if rc == 1:
+                raise ContextFull(f"the KV cache is full ({self.n_ctx} cells): {reason()}")
             if rc != 0:
                 raise NativeError(f"llama_decode failed ({rc}): {reason()}")
             for i, (_, _, _, want) in enumerate(chunk):

@@ -32,21 +32,22 @@ def one_layer(tmp_path_factory):
 def run_engine(model_path, tmp_path, **kw):
     model = Model(model_path)
     trace = tmp_path / "trace.jsonl"
-    settings = Settings(**{"temp": 0.0, "threads": 2, "n_ctx": 2048, "max_steps": 24, "cache_type": "f32", **kw})
+    settings = Settings(**{"temp": 0.0, "threads": 2, "n_ctx": 2048, "max_steps": 24, "cache_type_k": "f32",
+                           "cache_type_v": "f32", "flash_attn": "off", **kw})
     engine = Engine(model, settings, trace_path=trace)
     result = [ev for ev in engine.stream(PROBLEM)][-1].result
     engine.close()
     return model, result, read_trace(trace)
 
 
-def replay(model, trace, tol_logprob=5e-4, cache=(0, 0)):
+def replay(model, trace, tol_logprob=5e-4, cache=("f32", "f32"), flash="off"):
     """Re-decode every sampled token's view with stock single-sequence decoding.
 
     f32 tolerance: a one-token decode and a 512-token prefill sum in another order (~1e-4 on logprobs).
     """
     header, blocks, records, end = trace
     ctx = Context(model, ContextConfig(n_ctx=2048, n_batch=512, n_seq_max=1, n_threads=2, hogwild=False,
-                                       type_k=cache[0], type_v=cache[1]))
+                                       type_k=cache[0], type_v=cache[1], flash_attn=flash))
     for rec in records:
         toks = view_tokens(blocks, rec["view"])
         ctx.clear()
@@ -75,7 +76,9 @@ def test_one_worker_generates_exactly_like_plain_llama_cpp_on_the_default_model(
     """One worker, stepwise: no block ever moves, so the run is plain llama.cpp generation of the
     same tokens. Fed to stock llama.cpp in the same chunks, every logprob and greedy token agree."""
     model, result, (header, blocks, records, end) = run_engine(default_model(), tmp_path, workers=1,
-                                                                layout="stepwise", max_steps=16, cache_type="f16")
+                                                                layout="stepwise", max_steps=16,
+                                                                cache_type_k="f16", cache_type_v="f16",
+                                                                flash_attn="auto")
     ctx = Context(model, ContextConfig(n_ctx=2048, n_batch=512, n_seq_max=1, n_threads=2, hogwild=False))
     ctx.clear()
     prompt = blocks[records[0]["view"][0][0]]["tokens"]
@@ -92,6 +95,32 @@ def test_one_worker_generates_exactly_like_plain_llama_cpp_on_the_default_model(
         allowed[header["suppressed"]] = -np.inf
         assert rec["token"] == int(allowed.argmax()) and abs(logprob - rec["logprob"]) < 1e-5, rec
     assert sum(r["worker"] is not None for r in records) == 16
+
+
+def test_workers_see_each_others_tokens_of_the_same_step_in_the_trace(one_layer, tmp_path):
+    """Same-step visibility: at every step, a worker's view holds the other's current step exactly as
+    long as the other's own view does (its token of that step included)."""
+    _, _, (header, blocks, records, end) = run_engine(one_layer, tmp_path, workers=2, layout="combined")
+    by_step = {}
+    for rec in records:
+        if rec["worker"] is not None:
+            by_step.setdefault(rec["step"], {})[rec["worker"]] = dict(map(tuple, rec["view"]))
+    compared = 0
+    for views in by_step.values():
+        if len(views) == 2:
+            own_bob = {b: n for b, n in views["Bob"].items() if blocks[b]["owner"] == "Bob"}
+            for b, n in own_bob.items():
+                assert views["Alice"].get(b, n) == n
+                compared += b in views["Alice"]
+    assert compared > 10
+
+
+@pytest.mark.parametrize("layout", ["combined", "contiguous"])
+def test_trace_replays_with_stock_flash_attention(one_layer, tmp_path, layout):
+    """With flash attention, against stock flash attention (f16 accumulation on the CPU: looser)."""
+    model, result, trace = run_engine(one_layer, tmp_path, workers=3, layout=layout, flash_attn="on",
+                                      cache_type_k="f16", cache_type_v="f16")
+    assert replay(model, trace, tol_logprob=2e-2, cache=("f16", "f16"), flash="on") == len(trace[2]) > 0
 
 
 def test_greedy_runs_are_reproducible(one_layer, tmp_path):
