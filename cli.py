@@ -50,6 +50,8 @@ class InputError(click.ClickException):
     exit_code = 2
 
 
+CACHE_TYPE_NAMES = ["f32", "f16", "q8_0", "q4_0"]  # hogwild_cpp.native.CACHE_TYPES (not imported: keep --help fast)
+
 COLORS = ["cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "bright_magenta"]
 
 
@@ -144,6 +146,12 @@ def _check_output_path(path: Path | None, flag: str) -> None:
               help="Context size in tokens (0: from the model, at most 8192).")
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
 @click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
+@click.option("-fa", "--flash-attn", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+              help="Flash attention (auto: where the backend supports it).")
+@click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+              help="KV cache type for K.")
+@click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+              help="KV cache type for V (a quantized V needs flash attention).")
 @click.option("-s", "--seed", default=0, show_default=True, help="Sampling seed (worker w uses seed + w).")
 @click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
 @click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
@@ -157,8 +165,9 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 @click.option("--quiet", is_flag=True, help="Print only the answer.")
 @click.option("--no-color", is_flag=True, help="No colours.")
-def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, threads, seed, temp, top_k, top_p,
-        min_p, names, check_every, trace_file, output_file, verbose, quiet, no_color):
+def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, threads, flash_attn, cache_type_k,
+        cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every, trace_file, output_file, verbose, quiet,
+        no_color):
     """Solve the problem in PROMPT_FILE ('-': stdin) with several workers over one shared KV cache."""
     import json
     import signal
@@ -170,6 +179,9 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
         raise click.BadParameter(f"{len(name_list)} names for {workers} workers", param_hint="--names")
     _check_output_path(trace_file, "--trace")
     _check_output_path(output_file, "--output")
+    if cache_type_v not in ("f32", "f16") and flash_attn == "off":
+        raise click.BadParameter(f"a quantized V cache ({cache_type_v}) needs flash attention (-fa on or auto)",
+                                 param_hint="-ctv")
 
     from hogwild_cpp import native
     from hogwild_cpp.engine import DoneEvent, Engine, Progress, Settings, StepEvent, TokenEvent
@@ -180,7 +192,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
               "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
     settings = Settings(workers=workers, layout=layout, names=name_list, max_steps=max_steps, n_ctx=ctx_size,
                         n_gpu_layers=gpu_layers, threads=threads, seed=seed, temp=temp, top_k=top_k, top_p=top_p,
-                        min_p=min_p, check_every=check_every)
+                        min_p=min_p, check_every=check_every, flash_attn=flash_attn, cache_type_k=cache_type_k,
+                        cache_type_v=cache_type_v)
     try:
         m = native.Model(model, n_gpu_layers=gpu_layers)
     except native.NativeError as exc:
@@ -269,21 +282,32 @@ def _int_list(ctx, param, value):
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, help="Layers to offload to the GPU.")
 @click.option("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="Label for the device column.")
-@click.option("--flash", type=click.Choice(["off", "on", "both"]), default="off", show_default=True,
-              help="Flash attention for the plain llama.cpp baselines (hogwild views always run without it).")
+@click.option("-fa", "--flash-attn", "flash", type=click.Choice(["auto", "on", "off", "both"]), default="auto",
+              show_default=True, help="Flash attention for every measurement (auto: where the backend supports it; "
+              "both: a row with and a row without).")
+@click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+              help="KV cache type for K.")
+@click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+              help="KV cache type for V (quantized: flash attention only).")
+@click.option("--kernels", is_flag=True, help="Also count GPU kernels per step (CUDA build and PyTorch needed).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
-def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, json_file):
+def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache_type_k, cache_type_v, kernels,
+          json_file):
     """Median decode-step time of hogwild views against plain llama.cpp, in one run."""
     import json
     from dataclasses import asdict
 
     from hogwild_cpp import bench as b
 
-    rows = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
-                 device=device, flash=flash, progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    if cache_type_v not in ("f32", "f16") and flash in ("off", "both"):
+        raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention: use -fa on or auto")
+    rows, profiles = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
+                           device=device, flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels,
+                           progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     click.echo(b.markdown(rows))
     if json_file:
-        _write_atomic(json_file, json.dumps({"rows": [asdict(r) for r in rows]}, indent=1))
+        _write_atomic(json_file, json.dumps({"rows": [asdict(r) for r in rows], "kernel_profiles": profiles},
+                                            indent=1))
 
 
 if __name__ == "__main__":

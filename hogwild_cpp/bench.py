@@ -3,12 +3,15 @@
 For W workers at context length L (tokens in each worker's view):
   hogwild   one step of W workers over the engine's combined layout (prompt, history, a header,
             each worker's current step after its separator, the viewer's own last)
-  batched   one step of W sequences of length L with stock llama.cpp (prefix shared by seq_cp)
+  batched   one step of W sequences of length L with stock llama.cpp (prefix shared by seq_cp),
+            timed in turn with the hogwild step, in the same process, so a noisy machine's drift
+            hits both alike
   single    one step of one sequence of length L
   reprefill re-encoding every worker's view from scratch: W prefills of L tokens
 
-Hogwild views need flash attention off (patches/README.md); the three baselines run with it off,
-on, or both (`flash`), each setting a row of its own.
+All four run with the same flash-attention setting and KV cache types; `flash` = off, on or both
+(a row per setting). On a CUDA build with PyTorch installed, `kernels` also counts the GPU kernels
+of one hogwild and one batched step (CUPTI, through torch.profiler, in this process).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .cache import SharedCache
-from .native import Context, ContextConfig, Model
+from .native import Context, ContextConfig, Model, ll
 
 STEP_LEN = 32  # tokens in each worker's current step, and in each finished step of the history
 
@@ -30,7 +33,7 @@ class Row:
     model: str
     workers: int
     ctx: int
-    baseline_flash_attn: bool
+    flash_attn: bool
     hogwild_step_ms: float
     batched_step_ms: float
     single_step_ms: float
@@ -39,6 +42,12 @@ class Row:
     speedup_vs_single: float
     kv_cells: int
     unique_tokens: int
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    hogwild_kernels: float | None = None   # GPU kernels per step (CUDA, with kernels=True)
+    batched_kernels: float | None = None
+    hogwild_gpu_ms: float | None = None    # GPU time per step, summed over those kernels
+    batched_gpu_ms: float | None = None
 
 
 def _median_ms(fn, steps: int, warmup: int = 3) -> float:
@@ -56,62 +65,88 @@ def _tokens(rng: random.Random, n: int, n_vocab: int) -> list[int]:
     return [rng.randrange(3, n_vocab) for _ in range(n)]
 
 
-def _config(model: Model, n_ctx: int, n_seq: int, threads: int, flash_attn: bool = False,
-            hogwild: bool = True) -> ContextConfig:
+def _config(model: Model, n_ctx: int, n_seq: int, threads: int, flash_attn: str = "off",
+            hogwild: bool = True, cache=("f16", "f16")) -> ContextConfig:
     return ContextConfig(n_ctx=n_ctx, n_batch=512, n_seq_max=n_seq, n_threads=threads,
-                         flash_attn=flash_attn, hogwild=hogwild)
+                         flash_attn=flash_attn, hogwild=hogwild, type_k=cache[0], type_v=cache[1])
 
 
-def hogwild_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng) -> tuple[float, int, int]:
-    n_ctx = ctx_len + (workers + 1) * (steps + 8) + 64
-    ctx = Context(model, _config(model, n_ctx, workers, threads))
-    cache = SharedCache(ctx, workers)
+def kernel_profile(fn, steps: int = 5) -> dict | None:
+    """GPU kernels one call of fn runs, and their GPU time, by CUPTI through torch.profiler (None
+    without PyTorch or CUDA). Every kernel of this process is counted, llama.cpp's included."""
+    try:
+        import torch
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    if not torch.cuda.is_available() or not ll.llama_supports_gpu_offload():
+        return None
+    fn()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    by_name: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset")):
+            by_name.setdefault(e.name, []).append(e.device_time_total / 1e3)
+    kernels = sum(len(v) for v in by_name.values()) / steps
+    gpu_ms = sum(sum(v) for v in by_name.values()) / steps
+    top = sorted(((sum(v) / steps, len(v) / steps, k) for k, v in by_name.items()), reverse=True)
+    return {"kernels": kernels, "gpu_ms": gpu_ms,
+            "top": [{"name": k[:120], "ms": round(ms, 4), "count": n} for ms, n, k in top[:40]]}
+
+
+def hogwild_setup(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng, flash_attn: str = "off",
+                  cache=("f16", "f16")):
+    """The engine's combined layout at ctx_len tokens a view; returns (one decode step, the SharedCache)."""
+    # room after the used cells for the per-view copies of the steps being written (patches/README.md)
+    n_ctx = ctx_len + (workers + 1) * (steps + 8) + 64 + 4 * workers * workers * (STEP_LEN + steps + 16) + 512
+    ctx = Context(model, _config(model, n_ctx, workers, threads, flash_attn, cache=cache))
+    shared_cache = SharedCache(ctx, workers)
+    c = shared_cache
     own = max(1, min(STEP_LEN, ctx_len // (4 * workers)))
     shared = ctx_len - workers * (own + 1) - 12  # the header and the separators count too
     prompt_len = max(1, shared // 4)
-    prompt = cache.new_block("prompt")
+    prompt = c.new_block("prompt")
     history = []
-    cache.set_view(0, [prompt.id])
-    cache.decode({0: _tokens(rng, prompt_len, model.n_vocab)})
+    c.set_view(0, [prompt.id])
+    c.decode({0: _tokens(rng, prompt_len, model.n_vocab)})
     left = shared - prompt_len
     while left > 0:  # finished steps, written one after another
         n = min(STEP_LEN, left)
-        b = cache.new_block("step")
+        b = c.new_block("step")
         history.append(b.id)
-        cache.set_view(0, [prompt.id, *history])
-        cache.decode({0: _tokens(rng, n, model.n_vocab)})
+        c.set_view(0, [prompt.id, *history])
+        c.decode({0: _tokens(rng, n, model.n_vocab)})
         left -= n
     # the engine's combined layout: a header, then each worker's unfinished step after a separator
     # block of its own (written with the step's first tokens), the viewer's own step last
-    header = cache.new_block("separator")
-    cache.set_view(0, [prompt.id, *history, header.id])
-    cache.decode({0: _tokens(rng, 12, model.n_vocab)})
-    sep = [cache.new_block("separator") for _ in range(workers)]
-    current = [cache.new_block("step") for _ in range(workers)]
-    for w in range(workers):
-        cache.set_view(w, [prompt.id, *history, header.id, sep[w].id, current[w].id])
-    cache.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)},
-                 heads={w: _tokens(rng, 1, model.n_vocab) for w in range(workers)})
+    header = c.new_block("separator")
+    c.set_view(0, [prompt.id, *history, header.id])
+    c.decode({0: _tokens(rng, 12, model.n_vocab)})
+    sep = [c.new_block("separator") for _ in range(workers)]
+    current = [c.new_block("step") for _ in range(workers)]
     for w in range(workers):
         wip = [b for v in [*range(w), *range(w + 1, workers), w] for b in (sep[v].id, current[v].id)]
-        cache.set_view(w, [prompt.id, *history, header.id, *wip])
+        c.set_view(w, [prompt.id, *history, header.id, *wip])
+    c.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)},
+             heads={w: _tokens(rng, 1, model.n_vocab) for w in range(workers)})
 
     def step():
-        cache.decode({w: [rng.randrange(3, model.n_vocab)] for w in range(workers)})
+        c.decode({w: [rng.randrange(3, model.n_vocab)] for w in range(workers)})
 
-    ms = _median_ms(step, steps)
-    cells, unique = cache.used_cells(), cache.unique_tokens()
-    ctx.close()
-    return ms, cells, unique
+    return step, shared_cache
 
 
-def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng,
-                 flash_attn: bool = False) -> float:
-    ctx = Context(model, _config(model, ctx_len + workers * (steps + 8) + 64, workers, threads,
-                                 flash_attn=flash_attn, hogwild=False))
+def batched_setup(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng,
+                  flash_attn: str = "off", cache=("f16", "f16")):
+    """Plain llama.cpp: W sequences of ctx_len tokens (prefix shared by seq_cp); returns (one step, Context)."""
+    ctx = Context(model, _config(model, ctx_len + workers * (steps + 16) + 64, workers, threads,
+                                 flash_attn=flash_attn, hogwild=False, cache=cache))
     ctx.clear()
     ctx.decode([(t, i, 0, False) for i, t in enumerate(_tokens(rng, ctx_len, model.n_vocab))])
-    import llama_cpp.llama_cpp as ll
     for w in range(1, workers):
         ll.llama_memory_seq_cp(ctx.memory, 0, w, -1, -1)
     pos = [ctx_len] * workers
@@ -121,13 +156,44 @@ def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: 
         for w in range(workers):
             pos[w] += 1
 
+    return step, ctx
+
+
+def _paired_median_ms(fn_a, fn_b, steps: int, warmup: int = 3) -> tuple[float, float]:
+    """Median ms of each of two steps, timed alternately: drift of a shared machine hits both alike."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    ta, tb = [], []
+    for _ in range(steps):
+        for fn, times in ((fn_a, ta), (fn_b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def hogwild_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng, flash_attn: str = "off",
+                 cache=("f16", "f16")) -> tuple[float, int, int]:
+    """Median ms of a hogwild step alone, kv cells and unique tokens."""
+    step, c = hogwild_setup(model, workers, ctx_len, steps, threads, rng, flash_attn, cache)
+    ms = _median_ms(step, steps)
+    cells, unique = c.used_cells(), c.unique_tokens()
+    c.ctx.close()
+    return ms, cells, unique
+
+
+def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng,
+                 flash_attn: str = "off", cache=("f16", "f16")) -> float:
+    step, ctx = batched_setup(model, workers, ctx_len, steps, threads, rng, flash_attn, cache)
     ms = _median_ms(step, steps)
     ctx.close()
     return ms
 
 
-def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2, flash_attn: bool = False) -> float:
-    ctx = Context(model, _config(model, ctx_len + 64, 1, threads, flash_attn=flash_attn, hogwild=False))
+def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2, flash_attn: str = "off",
+               cache=("f16", "f16")) -> float:
+    ctx = Context(model, _config(model, ctx_len + 64, 1, threads, flash_attn=flash_attn, hogwild=False, cache=cache))
     toks = _tokens(rng, ctx_len, model.n_vocab)
 
     def once():
@@ -139,35 +205,48 @@ def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2, 
     return ms
 
 
-FLASH = {"off": (False,), "on": (True,), "both": (False, True)}
+FLASH = {"off": ("off",), "on": ("on",), "auto": ("auto",), "both": ("off", "on")}
 
 
 def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n_gpu_layers: int = 0,
-        threads: int = 0, device: str = "cpu", flash: str = "off", progress=lambda msg: None) -> list[Row]:
+        threads: int = 0, device: str = "cpu", flash: str = "off", cache=("f16", "f16"), kernels: bool = False,
+        progress=lambda msg: None) -> tuple[list[Row], list[dict]]:
+    """The rows, and (with kernels) a kernel profile of each hogwild and batched step."""
     model = Model(model_path, n_gpu_layers=n_gpu_layers)
     rng = random.Random(0)
-    rows = []
+    rows, profiles = [], []
     name = str(model_path).rsplit("/", 1)[-1]
     for ctx_len in ctxs:
-        single, prefill = {}, {}
         for fa in FLASH[flash]:
-            progress(f"ctx {ctx_len}: single sequence and re-prefill" + (", flash attention" if fa else ""))
-            single[fa] = batched_step(model, 1, ctx_len, steps, threads, rng, flash_attn=fa)
-            prefill[fa] = prefill_ms(model, ctx_len, threads, rng, flash_attn=fa)
-        for w in workers:
-            progress(f"ctx {ctx_len}: {w} workers, hogwild")
-            hw, cells, unique = hogwild_step(model, w, ctx_len, steps, threads, rng)
-            for fa in FLASH[flash]:
-                progress(f"ctx {ctx_len}: {w} workers, batched" + (", flash attention" if fa else ""))
-                batched = batched_step(model, w, ctx_len, steps, threads, rng, flash_attn=fa)
-                rows.append(Row(device=device, model=name, workers=w, ctx=ctx_len, baseline_flash_attn=fa,
+            label = f"ctx {ctx_len}, flash attention {fa}"
+            progress(f"{label}: single sequence and re-prefill")
+            single = batched_step(model, 1, ctx_len, steps, threads, rng, fa, cache)
+            prefill = prefill_ms(model, ctx_len, threads, rng, flash_attn=fa, cache=cache)
+            for w in workers:
+                progress(f"{label}: {w} workers, hogwild and batched steps in turn")
+                hw_step, hw_cache = hogwild_setup(model, w, ctx_len, steps, threads, rng, fa, cache)
+                b_step, b_ctx = batched_setup(model, w, ctx_len, steps, threads, rng, fa, cache)
+                hw, batched = _paired_median_ms(hw_step, b_step, steps)
+                hw_prof = kernel_profile(hw_step) if kernels else None
+                b_prof = kernel_profile(b_step) if kernels else None
+                cells, unique, resolved = hw_cache.used_cells(), hw_cache.unique_tokens(), hw_cache.ctx.flash_attn
+                hw_cache.ctx.close()
+                b_ctx.close()
+                rows.append(Row(device=device, model=name, workers=w, ctx=ctx_len, flash_attn=resolved,
                                 hogwild_step_ms=round(hw, 4), batched_step_ms=round(batched, 4),
-                                single_step_ms=round(single[fa], 4), reprefill_step_ms=round(w * prefill[fa], 4),
+                                single_step_ms=round(single, 4), reprefill_step_ms=round(w * prefill, 4),
                                 overhead_ratio=round(hw / batched, 3),
-                                speedup_vs_single=round(w * single[fa] / hw, 3),
-                                kv_cells=cells, unique_tokens=unique))
+                                speedup_vs_single=round(w * single / hw, 3),
+                                kv_cells=cells, unique_tokens=unique, cache_type_k=cache[0], cache_type_v=cache[1],
+                                hogwild_kernels=hw_prof and hw_prof["kernels"],
+                                batched_kernels=b_prof and b_prof["kernels"],
+                                hogwild_gpu_ms=hw_prof and round(hw_prof["gpu_ms"], 4),
+                                batched_gpu_ms=b_prof and round(b_prof["gpu_ms"], 4)))
+                if hw_prof and b_prof:
+                    profiles.append({"workers": w, "ctx": ctx_len, "flash_attn": resolved,
+                                     "hogwild": hw_prof, "batched": b_prof})
     model.close()
-    return rows
+    return rows, profiles
 
 
 def markdown(rows: list[Row]) -> str:

@@ -20,14 +20,15 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("flash", ["off", "both"])
 def test_bench_reports_every_row_in_markdown_and_json(tiny, tmp_path, flash):
+    """Every (context, flash setting, workers) row, hogwild and baselines under the same setting."""
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(cli.main, ["bench", str(tiny), "-np", "1,2", "--ctx", "96,160", "--steps", "2",
-                                        "-t", "2", "--flash", flash, "--device", "test", "--json", str(out)])
+                                        "-t", "2", "-fa", flash, "--device", "test", "--json", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())["rows"]
     fas = [False] if flash == "off" else [False, True]
-    assert [(r["ctx"], r["workers"], r["baseline_flash_attn"]) for r in rows] == \
-        [(c, w, fa) for c in (96, 160) for w in (1, 2) for fa in fas]
+    assert [(r["ctx"], r["workers"], r["flash_attn"]) for r in rows] == \
+        [(c, w, fa) for c in (96, 160) for fa in fas for w in (1, 2)]
     for r in rows:
         assert KEYS <= r.keys()
         assert r["device"] == "test" and r["model"] == "tiny.gguf"
@@ -39,5 +40,6 @@ def test_bench_reports_every_row_in_markdown_and_json(tiny, tmp_path, flash):
         # the views hold ctx tokens each plus the timed steps; the cache stores each token once
         assert r["kv_cells"] == r["unique_tokens"]
         assert r["ctx"] <= r["unique_tokens"] <= (r["ctx"] + 2 + 3) * r["workers"]  # 2 timed, 3 warm-up steps
+        assert r["hogwild_kernels"] is None  # counted on CUDA builds only
     table = res.stdout.splitlines()  # progress goes to stderr
     assert table[0].startswith("| device | model | workers | ctx |") and len(table) == 2 + len(rows)
