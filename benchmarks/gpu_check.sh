@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (no network): build the patched llama-cpp-python with CUDA from a carried,
 # trimmed sdist plus wheels, run the equivalence tests fully offloaded, and benchmark.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench]      (default: all three)
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [profile]      (default: build test bench)
 # Logs and results go to $OUT (or /tmp/out).
 #
 # The carried folder ($HOGWILD_GPU_CARRY, default .gpu/) stays out of git (echo /.gpu/ >> .git/info/exclude):
@@ -10,10 +10,14 @@
 #              ggml/src/ggml-{et,metal,hexagon,sycl,vulkan,opencl}, re-packed (~6 MB);
 #   *.whl      pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #                  --platform manylinux2014_x86_64 -d .gpu gguf==0.19.0 diskcache
-# A build takes about 4.5 minutes (H200, 16 cores); a later call on the same warm machine reuses it.
+# A first build takes about 5 minutes (H200, 16 cores). The build directory is kept (/tmp/skb) and
+# only the source files a patch changed are rewritten, so a later call on the same warm machine with
+# edited patches recompiles just those files.
 # (The installed package is ~120 MB xz-compressed: too big to bring back and carry.)
 # Environment: HOGWILD_GPU_FA=0 builds without CUDA flash-attention kernels (faster build, no
-# flash-attention baselines); HOGWILD_GPU_BENCH lists model:workers:contexts runs.
+# flash-attention rows); HOGWILD_GPU_BENCH lists preset:workers:contexts runs (8k contexts run with
+# CUDA graphs off: benchmarks/RESULTS.md, the stock CUDA-graph crash); HOGWILD_GPU_BENCH_FLAGS adds
+# bench flags (default: -fa both --kernels).
 set -euo pipefail
 CARRY=${HOGWILD_GPU_CARRY:-.gpu}
 PHASES=${*:-build test bench}
@@ -28,13 +32,19 @@ KEY=$( (cat "$ROOT"/patches/*.patch; echo "$CMAKE_ARGS") | sha256sum | cut -c1-1
 install_build() {
     [[ -f /tmp/site/.hogwild-key && "$(cat /tmp/site/.hogwild-key)" == "$KEY" ]] && return
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/*.whl
-    rm -rf /tmp/b && mkdir -p /tmp/b && tar xzf "$CARRY/sdist.tgz" -C /tmp/b
-    local src; src=$(echo /tmp/b/llama_cpp_python-*)
+    # patch a fresh copy, then update /tmp/b only where a file changed: unchanged files keep their
+    # time stamps and are not recompiled
+    rm -rf /tmp/b.new && mkdir -p /tmp/b.new /tmp/b && tar xzf "$CARRY/sdist.tgz" -C /tmp/b.new
+    local src; src=$(echo /tmp/b.new/llama_cpp_python-*)
     for p in "$ROOT"/patches/*.patch; do patch -d "$src" -p1 --forward --batch --fuzz=0 -s < "$p"; done
+    (cd /tmp/b.new && find . -type f) | while read -r f; do
+        cmp -s "/tmp/b.new/$f" "/tmp/b/$f" || { mkdir -p "$(dirname "/tmp/b/$f")"; cp -p "/tmp/b.new/$f" "/tmp/b/$f"; touch "/tmp/b/$f"; }
+    done
+    src=$(echo /tmp/b/llama_cpp_python-*)
     echo "== building (CUDA, flash attention $FA) $(date +%T)"
     ( cd "$src" && CMAKE_ARGS="$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=16 \
-        python3 -m pip install --no-build-isolation --no-deps --target /tmp/site . > /tmp/build.log 2>&1 ) \
-        || { tail -40 /tmp/build.log; exit 1; }
+        python3 -m pip install --no-build-isolation --no-deps --upgrade -C build-dir=/tmp/skb --target /tmp/site . \
+        > /tmp/build.log 2>&1 ) || { tail -40 /tmp/build.log; exit 1; }
     echo "== built $(date +%T)"
     echo "$KEY" > /tmp/site/.hogwild-key
 }
@@ -64,15 +74,18 @@ run_tests() {
 
 run_bench() {
     local dev; dev=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
-    local flash; flash=$([[ $FA == ON ]] && echo both || echo off)
-    for spec in ${HOGWILD_GPU_BENCH:-1b:1,2,4,8:1024,8192 8b:1,2,4,8:1024,8192}; do
+    local flags=${HOGWILD_GPU_BENCH_FLAGS:-"-fa both --kernels"}
+    [[ $FA == ON ]] || flags=${flags//-fa both/-fa off}
+    for spec in ${HOGWILD_GPU_BENCH:-8b:1,2,4,8:1024 8b:1,2,4,8:8192 32b:2,4,8:1024}; do
         IFS=: read -r preset workers ctxs <<< "$spec"
-        echo "== bench $preset $(date +%T)"
-        python3 -m models.gguf_gen /tmp/$preset.gguf --preset "$preset" --dtype q4_0 --n-ctx-train 16384
-        python3 cli.py bench /tmp/$preset.gguf -np "$workers" --ctx "$ctxs" --steps 20 -ngl 99 --device "$dev" \
-            --flash "$flash" --json "$LOG/bench-$preset.json" 2>&1 | tee "$LOG/bench-$preset.md" \
-            || echo "bench $preset stopped early"
-        rm -f /tmp/$preset.gguf
+        local graphs=1 label=$dev
+        for c in ${ctxs//,/ }; do (( c >= 8192 )) && graphs=0 && label=$dev-nographs; done
+        echo "== bench $preset $workers $ctxs $(date +%T)"
+        [[ -f /tmp/$preset.gguf ]] || python3 -m models.gguf_gen /tmp/$preset.gguf --preset "$preset" --dtype q4_0 --n-ctx-train 16384
+        local tag="$preset-${ctxs//,/-}"
+        env $([[ $graphs == 0 ]] && echo GGML_CUDA_DISABLE_GRAPHS=1) python3 cli.py bench /tmp/$preset.gguf -np "$workers" \
+            --ctx "$ctxs" --steps 20 -ngl 99 --device "$label" $flags --json "$LOG/bench-$tag.json" 2>&1 \
+            | tee "$LOG/bench-$tag.md" || echo "bench $preset stopped early"
     done
 }
 

@@ -37,8 +37,11 @@ PRESETS = {
                n_ctx_train=131072, rope_theta=500000.0),
     "8b": dict(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256,
                n_ctx_train=131072, rope_theta=500000.0),
+    # Qwen2.5-32B / QwQ-32B shape (as a llama)
+    "32b": dict(n_embd=5120, n_layer=64, n_head=40, n_head_kv=8, n_ff=27648, n_vocab=152064,
+                n_ctx_train=32768, rope_theta=1000000.0),
 }
-PRESET_DTYPES = {"tiny": "f32", "1b": "q4_0", "8b": "q4_0"}
+PRESET_DTYPES = {"tiny": "f32", "1b": "q4_0", "8b": "q4_0", "32b": "q4_0"}
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 SPACE = "\u2581"  # SentencePiece's word-boundary mark; decodes to " "
