@@ -55,6 +55,9 @@ class HogwildOp(ctypes.Structure):
                 ("p0", ctypes.c_int32), ("p1", ctypes.c_int32), ("delta", ctypes.c_int32)]
 
 
+assert ctypes.sizeof(HogwildOp) == 6 * 4
+
+
 def _bind(name, argtypes, restype):
     fn = getattr(_lib, name)
     fn.argtypes, fn.restype = argtypes, restype
@@ -233,8 +236,8 @@ class Context:
         """Apply (kind, seq, dst, p0, p1, delta) operations in order, in one call."""
         if not ops:
             return
-        arr = (HogwildOp * len(ops))(*[HogwildOp(*op) for op in ops])
-        if _apply(self.ptr, arr, len(ops)) != 0:
+        arr = np.array(ops, dtype=np.int32)  # the layout of struct llama_hogwild_op: six int32 a row
+        if _apply(self.ptr, arr.ctypes.data_as(ctypes.POINTER(HogwildOp)), len(ops)) != 0:
             raise NativeError(_last_error().decode())
 
     def used_cells(self) -> int:
