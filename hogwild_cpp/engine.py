@@ -291,6 +291,7 @@ class Engine:
                               "n_ctx": self.ctx.n_ctx, "workers": self.names, "layout": s.layout,
                               "seed": s.seed, "sampling": {"temp": s.temp, "top_k": s.top_k, "top_p": s.top_p,
                                                            "min_p": s.min_p},
+                              "flash_attn": self.ctx.flash_attn, "cache_types": [s.cache_type_k, s.cache_type_v],
                               "suppressed": self.banned})
 
     def _trace_token(self, step, worker, view, token, logits: np.ndarray) -> None:

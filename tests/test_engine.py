@@ -123,6 +123,21 @@ def test_trace_replays_with_stock_flash_attention(one_layer, tmp_path, layout):
     assert replay(model, trace, tol_logprob=2e-2, cache=("f16", "f16"), flash="on") == len(trace[2]) > 0
 
 
+def test_cli_runs_with_flash_attention_and_a_quantized_cache(one_layer, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-n", "8", "--temp", "0", "-t", "2", "-c", "1024",
+                                        "-fa", "on", "-ctk", "q8_0", "-ctv", "q8_0", "--trace", str(trace), "--quiet"],
+                             input=PROBLEM)
+    assert res.exit_code == 0, res.output
+    header = read_trace(trace)[0]
+    assert header["flash_attn"] is True and header["cache_types"] == ["q8_0", "q8_0"]
+
+
+def test_cli_refuses_a_quantized_v_cache_without_flash_attention(one_layer):
+    res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-fa", "off", "-ctv", "q8_0"], input=PROBLEM)
+    assert res.exit_code == 2 and "needs flash attention" in res.output and "Traceback" not in res.output
+
+
 def test_greedy_runs_are_reproducible(one_layer, tmp_path):
     _, a, _ = run_engine(one_layer, tmp_path, workers=3)
     _, b, _ = run_engine(one_layer, tmp_path, workers=3)
