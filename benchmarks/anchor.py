@@ -122,7 +122,7 @@ class Reference:
             rotary_cls = type(model.model.rotary_emb)
 
             def default_rope(config, device=None, *args, **kwargs):
-                return rotary_cls.compute_default_rope_parameters(config, device)
+                return rotary_cls.compute_default_rope_parameters(config, device=device)
 
             default_rope.anchor_adapter = True
             modeling_rope_utils.ROPE_INIT_FUNCTIONS["default"] = default_rope
