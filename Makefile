@@ -38,7 +38,7 @@ CMAKE_ARGS := $(strip $(CMAKE_ARGS))
 BUILD_KEY = $(shell { cat $(PIN); for p in $(PATCHES); do echo "== $$p"; cat "$$p"; done; \
                       echo "== $(CMAKE_ARGS)"; } | sha256sum | cut -d' ' -f1)
 
-DEFAULT_MODEL = $$($(VPY) -c 'from hogwild_cpp.models import default_model; print(default_model())')
+DEFAULT_MODEL = $$($(VPY) -c 'from hogwild_cpp.default_model import default_model; print(default_model())')
 
 .PHONY: run test soak build model llama-cpp rebuild-llama-cpp clean distclean
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from hogwild_cpp.layouts import LAYOUTS
+from hogwild_cpp.settings import CACHE_TYPES, FLASH_ATTN, QUANTIZED
+
 
 @click.group()
 @click.version_option(package_name="hogwild_cpp")
@@ -24,23 +27,34 @@ def main():
 @click.option("--n-ctx", default=2048, show_default=True, help="Context size.")
 def complete(model, prompt_file, n_predict, threads, n_ctx):
     """Greedy single-sequence completion of PROMPT_FILE (no workers; a baseline)."""
-    import llama_cpp  # slow import: keep `hogwild --help` fast
+    from hogwild_cpp import native  # slow import: keep `hogwild --help` fast
 
     prompt = prompt_file.read()
-    threads = threads or os.cpu_count()
-    llm = llama_cpp.Llama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          verbose=False)
-    n_prompt = len(llm.tokenize(prompt.encode()))
-    if n_prompt + n_predict > n_ctx:
-        raise click.UsageError(f"prompt ({n_prompt} tokens) + {n_predict} tokens do not fit --n-ctx {n_ctx}")
-    start = time.perf_counter()
-    n_generated = 0
-    for chunk in llm.create_completion(prompt, max_tokens=n_predict, temperature=0.0, stream=True):
-        choice = chunk["choices"][0]
-        click.echo(choice["text"], nl=False)
-        n_generated += choice["finish_reason"] is None  # the closing chunk carries no token
+    try:
+        m = native.Model(model)
+    except native.NativeError as exc:
+        raise InputError(str(exc))
+    ctx = native.Context(m, native.ContextConfig(n_ctx=n_ctx, n_threads=threads or 0, hogwild=False))
+    tokens = m.tokenize(prompt, add_special=True)
+    if len(tokens) + n_predict > ctx.n_ctx:
+        raise click.UsageError(f"prompt ({len(tokens)} tokens) + {n_predict} tokens do not fit --n-ctx {n_ctx}")
+    greedy = native.Sampler(m.n_vocab, 0.0)
+    start, n_generated, pos = time.perf_counter(), 0, 0
+    ctx.clear()
+    while n_generated < n_predict:
+        logits = ctx.decode([(t, pos + i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])[-1]
+        pos += len(tokens)
+        token = greedy.sample(logits)
+        if m.is_eog(token):
+            break
+        click.echo(m.piece(token).decode("utf-8", errors="replace"), nl=False)
+        n_generated += 1
+        tokens = [token]
     click.echo()
     elapsed = time.perf_counter() - start
+    greedy.close()
+    ctx.close()
+    m.close()
     print(f"{n_generated} tokens in {elapsed:.2f} s ({n_generated / elapsed:.1f} tok/s)", file=sys.stderr)
 
 
@@ -49,8 +63,6 @@ class InputError(click.ClickException):
 
     exit_code = 2
 
-
-CACHE_TYPE_NAMES = ["f32", "f16", "q8_0", "q4_0"]  # hogwild_cpp.native.CACHE_TYPES (not imported: keep --help fast)
 
 COLORS = ["cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "bright_magenta"]
 
@@ -139,18 +151,19 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.argument("prompt_file", type=click.Path(allow_dash=True, path_type=Path))
 @click.option("-np", "--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Number of workers.")
 @click.option("--layout", default="combined", show_default=True,
-              type=click.Choice(["combined", "stepwise", "contiguous"]), help="How workers see each other (paper §3.2).")
+              type=click.Choice(list(LAYOUTS)),
+              help="How workers see each other (paper §3.2): " + "; ".join(f"{k}: {v.summary}" for k, v in LAYOUTS.items()))
 @click.option("-n", "--max-steps", default=512, show_default=True, type=click.IntRange(1),
               help="Budget, in parallel decode steps.")
 @click.option("-c", "--ctx-size", default=0, show_default=True, type=click.IntRange(0),
               help="Context size in tokens (0: from the model, at most 8192).")
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
 @click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
-@click.option("-fa", "--flash-attn", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+@click.option("-fa", "--flash-attn", default="auto", show_default=True, type=click.Choice(list(FLASH_ATTN)),
               help="Flash attention (auto: where the backend supports it).")
-@click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+@click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for K.")
-@click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+@click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for V (a quantized V needs flash attention).")
 @click.option("-s", "--seed", default=0, show_default=True, help="Sampling seed (worker w uses seed + w).")
 @click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
@@ -173,48 +186,45 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
     import signal
     from dataclasses import asdict
 
+    import hogwild_cpp
+    from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings
+    from hogwild_cpp.errors import Unsupported
+    from hogwild_cpp.engine import DoneEvent, Progress, StepEvent, TokenEvent
+
     problem = _read_prompt(prompt_file)
-    name_list = [n.strip() for n in names.split(",")] if names else None
-    if name_list is not None and len(name_list) != workers:
-        raise click.BadParameter(f"{len(name_list)} names for {workers} workers", param_hint="--names")
     _check_output_path(trace_file, "--trace")
     _check_output_path(output_file, "--output")
-    if cache_type_v not in ("f32", "f16") and flash_attn == "off":
-        raise click.BadParameter(f"a quantized V cache ({cache_type_v}) needs flash attention (-fa on or auto)",
-                                 param_hint="-ctv")
+    settings = Settings(workers=workers, layout=layout, names=[n.strip() for n in names.split(",")] if names else None,
+                        max_steps=max_steps, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads, seed=seed,
+                        temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, check_every=check_every,
+                        flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+    try:
+        settings.check()
+    except BadInput as exc:
+        raise InputError(str(exc))
 
-    from hogwild_cpp import native
-    from hogwild_cpp.engine import DoneEvent, Engine, Progress, Settings, StepEvent, TokenEvent
-
-    native.set_verbose(verbose)
-    if gpu_layers and not native.ll.llama_supports_gpu_offload():
+    hogwild_cpp.set_verbose(verbose)
+    if gpu_layers and not hogwild_cpp.gpu_offload_supported():
         print(f"warning: -ngl {gpu_layers} ignored: this llama.cpp build has no GPU support "
               "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
-    settings = Settings(workers=workers, layout=layout, names=name_list, max_steps=max_steps, n_ctx=ctx_size,
-                        n_gpu_layers=gpu_layers, threads=threads, seed=seed, temp=temp, top_k=top_k, top_p=top_p,
-                        min_p=min_p, check_every=check_every, flash_attn=flash_attn, cache_type_k=cache_type_k,
-                        cache_type_v=cache_type_v)
     try:
-        m = native.Model(model, n_gpu_layers=gpu_layers)
-    except native.NativeError as exc:
-        raise InputError(str(exc))
-    try:
-        engine = Engine(m, settings, trace_path=trace_file)
-    except ValueError as exc:
-        raise InputError(str(exc))
-    except native.Unsupported as exc:
+        hw = Hogwild(model, settings)
+        run = hw.start(problem, trace=trace_file)
+    except Unsupported as exc:
         raise InputError(f"{model.name} cannot run as hogwild workers: {exc}")
-    except native.NativeError as exc:
+    except BadInput as exc:  # a model llama.cpp cannot load
+        raise InputError(str(exc))
+    except RunFailure as exc:
         raise click.ClickException(f"{exc} (try a smaller -c or -ngl)")
     except OSError as exc:  # the trace's file (its directory was checked above)
         raise InputError(f"could not write the trace {trace_file}: {exc.strerror or exc}")
     tty = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if tty else None
-    view = LiveView(engine.names, color=tty and not no_color, quiet=quiet, width=width)
-    signal.signal(signal.SIGINT, lambda *_: setattr(engine, "stop_requested", True))
+    view = LiveView(run.names, color=tty and not no_color, quiet=quiet, width=width)
+    signal.signal(signal.SIGINT, lambda *_: run.stop())
     result = None
     try:
-        for ev in engine.stream(problem):
+        for ev in run.events():
             if isinstance(ev, TokenEvent):
                 view.token(ev.worker, ev.text)
             elif isinstance(ev, StepEvent):
@@ -223,15 +233,15 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
                 print(f"prompt: {ev.done}/{ev.total} tokens", file=sys.stderr)
             elif isinstance(ev, DoneEvent):
                 result = ev.result
-    except ValueError as exc:
+    except BadInput as exc:
         raise InputError(str(exc))
-    finally:
-        engine.close()
+    except RunFailure as exc:
+        raise click.ClickException(str(exc))
     view.flush()
     click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  (stop: {result.reason})")
     failures = []
-    if engine.trace is not None and engine.trace.error is not None:
-        failures.append(f"the trace was not written: {trace_file} ({engine.trace.error.strerror or engine.trace.error})")
+    if run.trace_error is not None:
+        failures.append(f"the trace was not written: {trace_file} ({run.trace_error.strerror or run.trace_error})")
     if output_file:
         failure = _save_result(output_file, json.dumps(asdict(result), indent=1, ensure_ascii=False))
         if failure:
@@ -282,12 +292,12 @@ def _int_list(ctx, param, value):
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, help="Layers to offload to the GPU.")
 @click.option("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="Label for the device column.")
-@click.option("-fa", "--flash-attn", "flash", type=click.Choice(["auto", "on", "off", "both"]), default="auto",
+@click.option("-fa", "--flash-attn", "flash", type=click.Choice([*FLASH_ATTN, "both"]), default="auto",
               show_default=True, help="Flash attention for every measurement (auto: where the backend supports it; "
               "both: a row with and a row without).")
-@click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+@click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for K.")
-@click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(CACHE_TYPE_NAMES),
+@click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for V (quantized: flash attention only).")
 @click.option("--kernels", is_flag=True, help="Also count GPU kernels per step (CUDA build and PyTorch needed).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
@@ -299,7 +309,7 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache
 
     from hogwild_cpp import bench as b
 
-    if cache_type_v not in ("f32", "f16") and flash in ("off", "both"):
+    if cache_type_v in QUANTIZED and flash in ("off", "both"):
         raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention: use -fa on or auto")
     rows, profiles = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
                            device=device, flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels,

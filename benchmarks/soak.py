@@ -12,7 +12,7 @@ import sys
 import time
 
 from hogwild_cpp.engine import DoneEvent, Engine, Settings, TokenEvent
-from hogwild_cpp.models import default_model
+from hogwild_cpp.default_model import default_model
 from hogwild_cpp.native import Model
 
 EVERY = 400  # tokens between samples

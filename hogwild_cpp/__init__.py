@@ -1,30 +1,65 @@
-"""Hogwild! Inference on llama.cpp: several workers, one shared KV cache (arXiv 2504.06261)."""
+"""Hogwild! Inference on llama.cpp: several workers, one shared KV cache (arXiv 2504.06261).
+
+The public API, and the command line's only way in:
+
+    from hogwild_cpp import Hogwild
+    hw = Hogwild("model.gguf", workers=2, layout="combined", max_steps=256)
+    result = hw.run(problem)                          # a Result
+    for event in hw.stream(problem): ...              # Progress, TokenEvent, StepEvent, DoneEvent
+    run = hw.start(problem, trace="trace.jsonl")      # a Run: its names, events(), stop(), trace_error
+
+Failures: `errors.BadInput` (the model, the prompt or a setting cannot work), `errors.RunFailure`
+(the run could not go on); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from .errors import BadInput, HogwildError, RunFailure
+from .settings import Settings
 
 __version__ = "0.1.0"
+__all__ = ["Hogwild", "Run", "Settings", "BadInput", "HogwildError", "RunFailure", "gpu_offload_supported",
+           "set_verbose"]
+
+
+def gpu_offload_supported() -> bool:
+    """Whether the llama.cpp build can offload layers to a GPU."""
+    from . import native
+    return native.gpu_offload_supported()
+
+
+def set_verbose(on: bool) -> None:
+    """Echo llama.cpp's log to stderr."""
+    from . import native
+    native.set_verbose(on)
 
 
 class Hogwild:
-    """Several workers, one shared KV cache: `Hogwild(model_path, workers=2).run(problem)`.
+    """A loaded model and the settings its runs use.
 
-    Keyword arguments are those of `hogwild_cpp.engine.Settings` (layout, max_steps, temp, ...).
+    `settings` (a Settings) or keyword arguments of Settings; checked before the model is loaded.
     """
 
-    def __init__(self, model_path, workers: int = 2, layout: str = "combined", **settings):
-        from .engine import Settings
+    def __init__(self, model_path, settings: Settings | None = None, **kw):
         from .native import Model
 
-        self.settings = Settings(workers=workers, layout=layout, **settings)
+        self.settings = settings if settings is not None else Settings(**kw)
+        self.settings.check()
         self.model = Model(model_path, n_gpu_layers=self.settings.n_gpu_layers)
 
-    def stream(self, problem: str, trace=None):
-        """Yield engine events (Progress, TokenEvent, StepEvent, then DoneEvent with the result)."""
+    def start(self, problem: str, trace=None) -> Run:
+        """A run of `problem`, ready to stream; `trace`: a path for the JSONL trace."""
         from .engine import Engine
 
-        engine = Engine(self.model, self.settings, trace_path=trace)
+        return Run(Engine(self.model, self.settings, trace_path=trace), problem)
+
+    def stream(self, problem: str, trace=None):
+        """Yield the events of a run (Progress, TokenEvent, StepEvent, then DoneEvent with the result)."""
+        run = self.start(problem, trace=trace)
         try:
-            yield from engine.stream(problem)
+            yield from run.events()
         finally:
-            engine.close()
+            run.close()
 
     def run(self, problem: str, trace=None):
         """Run to the end and return the `Result`."""
@@ -37,3 +72,30 @@ class Hogwild:
 
     def close(self) -> None:
         self.model.close()
+
+
+class Run:
+    """One run: its workers' names, its events, a way to stop it within a step."""
+
+    def __init__(self, engine, problem: str):
+        self._engine, self._problem = engine, problem
+        self.names: list[str] = list(engine.names)
+
+    def events(self):
+        """The run's events; the engine is closed when they end (or fail)."""
+        try:
+            yield from self._engine.stream(self._problem)
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """End the run after the current step (reason `interrupted`); safe from a signal handler."""
+        self._engine.stop_requested = True
+
+    @property
+    def trace_error(self) -> OSError | None:
+        """Why the trace could not be written, if it could not (the run went on without it)."""
+        return self._engine.trace.error if self._engine.trace is not None else None
+
+    def close(self) -> None:
+        self._engine.close()

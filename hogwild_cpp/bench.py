@@ -22,7 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from .cache import SharedCache
-from .native import Context, ContextConfig, Model, ll
+from .layouts import COMBINED, Layout
+from .native import Context, ContextConfig, Model, gpu_offload_supported
 
 STEP_LEN = 32  # tokens in each worker's current step, and in each finished step of the history
 
@@ -65,7 +66,7 @@ def _tokens(rng: random.Random, n: int, n_vocab: int) -> list[int]:
     return [rng.randrange(3, n_vocab) for _ in range(n)]
 
 
-def _config(model: Model, n_ctx: int, n_seq: int, threads: int, flash_attn: str = "off",
+def _config(n_ctx: int, n_seq: int, threads: int, flash_attn: str = "off",
             hogwild: bool = True, cache=("f16", "f16")) -> ContextConfig:
     return ContextConfig(n_ctx=n_ctx, n_batch=512, n_seq_max=n_seq, n_threads=threads,
                          flash_attn=flash_attn, hogwild=hogwild, type_k=cache[0], type_v=cache[1])
@@ -80,7 +81,7 @@ def kernel_profile(fn, steps: int = 5) -> dict | None:
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return None
-    if not torch.cuda.is_available() or not ll.llama_supports_gpu_offload():
+    if not torch.cuda.is_available() or not gpu_offload_supported():
         return None
     fn()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -98,16 +99,26 @@ def kernel_profile(fn, steps: int = 5) -> dict | None:
             "top": [{"name": k[:120], "ms": round(ms, 4), "count": n} for ms, n, k in top[:40]]}
 
 
+@dataclass
+class _StepBlocks:
+    """A bench worker: the blocks of its unfinished step (what a Layout reads of a worker)."""
+    step: object
+    separator: object = None
+
+
 def hogwild_setup(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng, flash_attn: str = "off",
-                  cache=("f16", "f16")):
-    """The engine's combined layout at ctx_len tokens a view; returns (one decode step, the SharedCache)."""
+                  cache=("f16", "f16"), layout: Layout = COMBINED):
+    """ctx_len tokens a view in the engine's layout (its own Layout object): a prompt, a history of
+    STEP_LEN-token finished steps, the layout's header, every worker's unfinished step; returns
+    (one decode step of every worker, the SharedCache)."""
     # room after the used cells for the per-view copies of the steps being written (patches/README.md)
     n_ctx = ctx_len + (workers + 1) * (steps + 8) + 64 + 4 * workers * workers * (STEP_LEN + steps + 16) + 512
-    ctx = Context(model, _config(model, n_ctx, workers, threads, flash_attn, cache=cache))
-    shared_cache = SharedCache(ctx, workers)
-    c = shared_cache
+    ctx = Context(model, _config(n_ctx, workers, threads, flash_attn, cache=cache))
+    c = SharedCache(ctx, workers)
     own = max(1, min(STEP_LEN, ctx_len // (4 * workers)))
-    shared = ctx_len - workers * (own + 1) - 12  # the header and the separators count too
+    # a view holds the shared blocks, its header, and its own step (and the others' steps if it shows them)
+    step_len = own + (1 if layout.separators else 0)
+    shared = ctx_len - step_len * (workers if layout.shows_others else 1) - (12 if layout.header else 0)
     prompt_len = max(1, shared // 4)
     prompt = c.new_block("prompt")
     history = []
@@ -121,34 +132,34 @@ def hogwild_setup(model: Model, workers: int, ctx_len: int, steps: int, threads:
         c.set_view(0, [prompt.id, *history])
         c.decode({0: _tokens(rng, n, model.n_vocab)})
         left -= n
-    # the engine's combined layout: a header, then each worker's unfinished step after a separator
-    # block of its own (written with the step's first tokens), the viewer's own step last
-    header = c.new_block("separator")
-    c.set_view(0, [prompt.id, *history, header.id])
-    c.decode({0: _tokens(rng, 12, model.n_vocab)})
-    sep = [c.new_block("separator") for _ in range(workers)]
-    current = [c.new_block("step") for _ in range(workers)]
-    for w in range(workers):
-        wip = [b for v in [*range(w), *range(w + 1, workers), w] for b in (sep[v].id, current[v].id)]
-        c.set_view(w, [prompt.id, *history, header.id, *wip])
+    header = None
+    if layout.header:
+        header = c.new_block("separator")
+        c.set_view(0, [prompt.id, *history, header.id])
+        c.decode({0: _tokens(rng, 12, model.n_vocab)})
+    ws = [_StepBlocks(c.new_block("step"), c.new_block("separator") if layout.separators else None)
+          for _ in range(workers)]
+    for w, blocks in enumerate(ws):
+        c.set_view(w, layout.view(blocks, ws, prompt.id, history, header.id if header else None))
+    # every worker's first tokens in one decode (the separators with them, as the engine writes them)
     c.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)},
-             heads={w: _tokens(rng, 1, model.n_vocab) for w in range(workers)})
+             heads={w: _tokens(rng, 1, model.n_vocab) for w in range(workers)} if layout.separators else None)
 
     def step():
         c.decode({w: [rng.randrange(3, model.n_vocab)] for w in range(workers)})
 
-    return step, shared_cache
+    return step, c
 
 
 def batched_setup(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng,
                   flash_attn: str = "off", cache=("f16", "f16")):
     """Plain llama.cpp: W sequences of ctx_len tokens (prefix shared by seq_cp); returns (one step, Context)."""
-    ctx = Context(model, _config(model, ctx_len + workers * (steps + 16) + 64, workers, threads,
+    ctx = Context(model, _config(ctx_len + workers * (steps + 16) + 64, workers, threads,
                                  flash_attn=flash_attn, hogwild=False, cache=cache))
     ctx.clear()
     ctx.decode([(t, i, 0, False) for i, t in enumerate(_tokens(rng, ctx_len, model.n_vocab))])
     for w in range(1, workers):
-        ll.llama_memory_seq_cp(ctx.memory, 0, w, -1, -1)
+        ctx.seq_cp(0, w)
     pos = [ctx_len] * workers
 
     def step():
@@ -193,7 +204,7 @@ def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: 
 
 def prefill_ms(model: Model, ctx_len: int, threads: int, rng, repeats: int = 2, flash_attn: str = "off",
                cache=("f16", "f16")) -> float:
-    ctx = Context(model, _config(model, ctx_len + 64, 1, threads, flash_attn=flash_attn, hogwild=False, cache=cache))
+    ctx = Context(model, _config(ctx_len + 64, 1, threads, flash_attn=flash_attn, hogwild=False, cache=cache))
     toks = _tokens(rng, ctx_len, model.n_vocab)
 
     def once():

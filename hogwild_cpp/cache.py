@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .native import OP_FOLD, OP_FOLLOW, OP_SHARE, OP_SHIFT, OP_TAIL, Context
+from .native import Context, fold, follow, share, shift, tail
 
-_PARK = 1 << 28  # moved blocks are parked above every real position, then placed
+_PARK = 1 << 28  # a view position above every real one: blocks swapping places go there first
 
 
 @dataclass
@@ -49,7 +49,7 @@ class SharedCache:
 
     def __init__(self, ctx: Context, n_views: int):
         if n_views > ctx.cfg.n_seq_max:
-            raise ValueError(f"{n_views} views need n_seq_max >= {n_views}")
+            raise RuntimeError(f"{n_views} views need n_seq_max >= {n_views}")
         self.ctx = ctx
         self.blocks: dict[int, Block] = {}
         self.views: list[list[int]] = [[] for _ in range(n_views)]
@@ -74,7 +74,7 @@ class SharedCache:
     def set_view(self, seq: int, block_ids: list[int]) -> None:
         """The blocks sequence `seq` sees, in order; applied at the next decode (or `sync`)."""
         if len(set(block_ids)) != len(block_ids):
-            raise ValueError("a block appears twice in one view")
+            raise RuntimeError("a block appears twice in one view")
         self.views[seq] = list(block_ids)
 
     def materialize(self, seq: int) -> list[int]:
@@ -84,9 +84,6 @@ class SharedCache:
     def view_prefixes(self, seq: int) -> list[tuple[int, int]]:
         """(block id, length) of each block of the view, for traces."""
         return [(b, len(self.blocks[b].tokens)) for b in self.views[seq]]
-
-    def view_len(self, seq: int) -> int:
-        return sum(len(self.blocks[b].tokens) for b in self.views[seq])
 
     def used_cells(self) -> int:
         return self.ctx.used_cells()
@@ -127,10 +124,10 @@ class SharedCache:
         ops = []
         self._fold(moved, ops)
         for seq, view in enumerate(self.views):
-            tail = self._tail_of(seq, view)
-            if tail != self._tail[seq]:
-                ops.append((OP_TAIL, seq, -1, -1, -1, tail))
-                self._tail[seq] = tail
+            tail_delta = self._tail_of(seq, view)
+            if tail_delta != self._tail[seq]:
+                ops.append(tail(seq, tail_delta))
+                self._tail[seq] = tail_delta
         self.ctx.apply(ops)
         for seq, view in enumerate(self.views):
             if changed[seq]:
@@ -164,7 +161,7 @@ class SharedCache:
             if not pl.length:
                 del placed[bid]
                 continue
-            ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, 2 * _PARK))
+            ops.append(shift(seq, pl.start, pl.start + pl.length, 2 * _PARK))
             pl.start += 2 * _PARK
             out.append((seq, bid))
         return out
@@ -184,13 +181,13 @@ class SharedCache:
             # block furthest in that direction first, so no range picks up cells already moved
             held.sort(key=lambda m: m[0].start, reverse=all(right))
             for pl, new in held:
-                ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, new - pl.start))
+                ops.append(shift(seq, pl.start, pl.start + pl.length, new - pl.start))
         else:
             # park first, then place: old and new ranges may overlap in any order
             for pl, _ in held:
-                ops.append((OP_SHIFT, seq, -1, pl.start, pl.start + pl.length, _PARK))
+                ops.append(shift(seq, pl.start, pl.start + pl.length, _PARK))
             for pl, new in held:
-                ops.append((OP_SHIFT, seq, -1, pl.start + _PARK, pl.start + _PARK + pl.length, new - pl.start - _PARK))
+                ops.append(shift(seq, pl.start + _PARK, pl.start + _PARK + pl.length, new - pl.start - _PARK))
         for _, pl, new in moving:
             pl.start = new
         return {bid for bid, _, _ in moving}
@@ -205,7 +202,7 @@ class SharedCache:
                 src = self._holder(bid, seq)
                 spl = self._placed[src]
                 lo, hi = spl[bid].start + pl.length, spl[bid].start + len(b.tokens)
-                ops.append((OP_SHARE, src, seq, lo, hi, pl.start - spl[bid].start))
+                ops.append(share(src, seq, lo, hi, pl.start - spl[bid].start))
                 pl.length = len(b.tokens)
                 grown.add(bid)
             pos += self._len(bid)
@@ -232,7 +229,7 @@ class SharedCache:
             deltas = {pl.start - b.canon for _, pl in holders}
             if len(deltas) == 1 and (d := deltas.pop()) != 0:
                 s, pl = holders[0]
-                ops.append((OP_FOLD, s, -1, pl.start, pl.start + pl.length, 0))
+                ops.append(fold(s, pl.start, pl.start + pl.length))
                 b.canon += d
 
     def _tail_of(self, seq: int, view: list[int]) -> int:
@@ -245,21 +242,20 @@ class SharedCache:
 
     # --- decoding -----------------------------------------------------------
 
-    def decode(self, appends: dict[int, list[int]], all_logits: bool = False,
-               heads: dict[int, list[int]] | None = None) -> dict[int, np.ndarray]:
+    def decode(self, appends: dict[int, list[int]], heads: dict[int, list[int]] | None = None) -> dict[int, np.ndarray]:
         """Append tokens to the last block of each given view, in one batched decode.
 
         Every view that holds a block being appended to sees its new tokens in this same decode, at
         its own positions (same-step visibility); a view's own new tokens come after them.
         `heads[seq]`, if given, goes first into the block before the last, which must then be
         empty: a separator and the step it introduces, written in one batch and adjacent.
-        Returns each view's logits after its last new token (all rows with all_logits).
+        Returns each view's logits after its last new token.
         """
         appends = {seq: toks for seq, toks in appends.items() if toks}
         heads = {seq: h for seq, h in (heads or {}).items() if h and seq in appends}
         for seq in heads:
             if len(self.views[seq]) < 2 or self.blocks[self.views[seq][-1]].tokens:
-                raise ValueError(f"view {seq}: a head goes before an empty last block")
+                raise RuntimeError(f"view {seq}: a head goes before an empty last block")
         writes = []  # (seq, block, tokens, wants logits)
         for seq, toks in appends.items():
             view = self.views[seq]
@@ -268,9 +264,9 @@ class SharedCache:
             writes.append((seq, self.blocks[view[-1]], toks, True))
         for seq, b, _, _ in writes:
             if b.writer is not None and b.writer != seq:
-                raise ValueError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
+                raise RuntimeError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
         if sum(len(t) for _, _, t, _ in writes) > self.ctx.cfg.n_batch and len(appends) > 1:
-            raise ValueError(f"one step of {sum(len(t) for _, _, t, _ in writes)} tokens exceeds n_batch "
+            raise RuntimeError(f"one step of {sum(len(t) for _, _, t, _ in writes)} tokens exceeds n_batch "
                              f"({self.ctx.cfg.n_batch}): the workers would not see each other's tokens")
         self._growing = {b.id: len(t) for _, b, t, _ in writes}
         try:
@@ -284,7 +280,7 @@ class SharedCache:
         items = []
         for seq, b, ts, wants_logits in writes:
             pos0 = self._placed[seq][b.id].start + len(b.tokens)
-            items += [(t, pos0 + i, seq, wants_logits and (all_logits or i == len(ts) - 1))
+            items += [(t, pos0 + i, seq, wants_logits and i == len(ts) - 1)
                       for i, t in enumerate(ts)]
         try:
             logits = self.ctx.decode(items)
@@ -298,9 +294,8 @@ class SharedCache:
                 self._placed[s][b.id].length = len(b.tokens)
             self._grown.add(b.id)
             if wants_logits:
-                n = len(ts) if all_logits else 1
-                out[seq] = np.stack(logits[k:k + n]) if all_logits else logits[k]
-                k += n
+                out[seq] = logits[k]
+                k += 1
         return out
 
     def _follow(self, appends: dict[int, list[int]], heads: dict[int, list[int]]) -> dict[int, list[int]]:
@@ -311,7 +306,7 @@ class SharedCache:
         """
         ops, followers = [], {}
         for seq in sorted(self._following | appends.keys()):
-            ops.append((OP_FOLLOW, seq, -1, -1, -1, 0))
+            ops.append(follow(seq))
         for seq in sorted(appends):
             view = self.views[seq]
             blocks = view[-2:] if seq in heads else view[-1:]
@@ -321,7 +316,7 @@ class SharedCache:
                     continue
                 deltas = {placed[b].start - m for b, m in zip(blocks, mine)}
                 if len(deltas) == 1:
-                    ops.append((OP_FOLLOW, seq, s, -1, -1, deltas.pop()))
+                    ops.append(follow(seq, s, deltas.pop()))
                     followers.setdefault(seq, []).append(s)
         self.ctx.apply(ops)
         self._following = set(followers)

@@ -1,12 +1,13 @@
 """The step loop: one batched llama_decode per step for all workers over one shared KV cache.
 
 The engine prints nothing: `Engine.stream` yields events (tokens, finished steps, progress, done);
-the CLI and the Python API consume them.
+the CLI and the Python API consume them. A run goes: `_prefill` (the prompt, once), then per step
+`_decode_step` (every worker's pending tokens in one decode) and `_advance` (each worker samples,
+or its finished step joins the history), then `_finish` at the budget.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -14,32 +15,14 @@ from typing import Iterator
 import numpy as np
 
 from . import protocol as P
-from .cache import SharedCache
-from .native import CACHE_TYPES, FLASH_ATTN, Context, ContextConfig, ContextFull, Model, Sampler
+from .cache import Block, SharedCache
+from .errors import BadInput
+from .layouts import LAYOUTS
+from .native import Context, ContextConfig, ContextFull, Model, Sampler
+from .settings import Settings
 from .trace import TraceWriter
 
-
-@dataclass
-class Settings:
-    workers: int = 2
-    layout: str = "combined"
-    names: list[str] | None = None
-    max_steps: int = 512            # budget, in parallel decode steps
-    n_ctx: int = 0                  # 0: from the model, capped to 8192
-    n_gpu_layers: int = 0
-    threads: int = 0
-    seed: int = 0
-    temp: float = 0.6
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    check_every: int = 1024         # redundancy check every N generated tokens (0: never)
-    stop_on_eos: bool = False
-    finisher_tokens: int = 16
-    n_batch: int = 512
-    cache_type_k: str = "f16"       # KV cache types: f32, f16, q8_0, q4_0 (a quantized V needs flash attention)
-    cache_type_v: str = "f16"
-    flash_attn: str = "auto"        # on | off | auto (on where the backend supports it, as llama.cpp)
+__all__ = ["Engine", "Settings", "Progress", "TokenEvent", "StepEvent", "DoneEvent", "Result"]
 
 
 @dataclass
@@ -81,28 +64,29 @@ class DoneEvent:
     result: Result
 
 
-def _logprob(logits: np.ndarray, token: int) -> float:
-    m = float(logits.max())
-    return float(logits[token] - m - math.log(float(np.exp(logits - m).sum())))
+@dataclass
+class Worker:
+    """Everything about one worker (its cache sequence id is its index), made in one place."""
+    index: int
+    name: str
+    sampler: Sampler
+    step_no: int = 0
+    step: Block | None = None               # the step being written
+    separator: Block | None = None          # the blank line before it (layouts with separators)
+    pending: list[int] = field(default_factory=list)      # tokens for the next decode
+    pending_sep: list[int] = field(default_factory=list)  # separator tokens, written with them
+    text: str = ""                          # the current step's text so far
+    finishing: bool = False                 # its last token is sampled: the step joins the history once decoded
+    generated: int = 0
 
 
 class Engine:
     def __init__(self, model: Model, settings: Settings, trace_path=None):
+        settings.check()
         s = settings
-        if s.layout not in P.LAYOUTS:
-            raise ValueError(f"unknown layout {s.layout!r}; choose from {', '.join(P.LAYOUTS)}")
-        self.model, self.s = model, s
-        self.names = s.names or P.default_names(s.workers)
-        if len(self.names) != s.workers:
-            raise ValueError(f"{len(self.names)} names for {s.workers} workers")
+        self.model, self.s, self.layout = model, s, LAYOUTS[s.layout]
+        names = s.names or P.default_names(s.workers)
         n_ctx = s.n_ctx or min(model.n_ctx_train, 8192)
-        for name, t in (("K", s.cache_type_k), ("V", s.cache_type_v)):
-            if t not in CACHE_TYPES:
-                raise ValueError(f"unknown {name} cache type {t!r}; choose from {', '.join(CACHE_TYPES)}")
-        if s.flash_attn not in FLASH_ATTN:
-            raise ValueError(f"unknown flash attention setting {s.flash_attn!r}; choose from {', '.join(FLASH_ATTN)}")
-        if s.cache_type_v not in ("f32", "f16") and s.flash_attn == "off":
-            raise ValueError(f"a quantized V cache ({s.cache_type_v}) needs flash attention (-fa on or auto)")
         self.trace = TraceWriter(trace_path) if trace_path else None  # first: an unwritable path costs nothing
         try:
             self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers,
@@ -119,146 +103,143 @@ class Engine:
         if len(think_end) == 1:  # a model with a reasoning-end token must not close its reasoning
             banned.add(think_end[0])
         self.banned = sorted(banned)
-        self.samplers = [Sampler(model.n_vocab, s.temp, s.top_k, s.top_p, s.min_p, s.seed + w, self.banned)
-                         for w in range(s.workers)]
+        self.workers = [Worker(w, name, Sampler(model.n_vocab, s.temp, s.top_k, s.top_p, s.min_p, s.seed + w,
+                                                self.banned))
+                        for w, name in enumerate(names)]
+        self.names = names
         self.stop_requested = False
-
-    # --- setup ----------------------------------------------------------------
-
-    def _write(self, seq: int, view: list[int], text_or_tokens) -> None:
-        toks = self.model.tokenize(text_or_tokens) if isinstance(text_or_tokens, str) else text_or_tokens
-        self.cache.set_view(seq, view)
-        self.cache.decode({seq: toks})
-
-    def _setup(self, problem: str) -> Iterator[Progress]:
-        c, W = self.cache, self.s.workers
-        text = P.chat_prompt(self.model, self.names, self.s.layout, problem)
-        toks = self.model.tokenize(text, add_special=True)
-        need = len(toks) + 64 * W  # room for the headers and a first step of every worker
-        if need > self.ctx.n_ctx:
-            raise ValueError(f"the prompt ({len(toks)} tokens) and {W} workers do not fit the context "
-                             f"({self.ctx.n_ctx} tokens): use -c {need} or more")
-        self.prompt = c.new_block("prompt")
-        view = [self.prompt.id]
-        for i in range(0, len(toks), self.s.n_batch):  # chunked prefill, with progress
-            self._write(0, view, toks[i:i + self.s.n_batch])
-            yield Progress(min(i + self.s.n_batch, len(toks)), len(toks))
-        self.others_hdr = c.new_block("separator")
-        if self.s.layout == "combined":
-            self._write(0, [self.prompt.id, self.others_hdr.id], P.OTHERS_HEADER)
+        self.prompt: Block | None = None
+        self.header: Block | None = None
         self.history: list[int] = []
-        self.step_no = [0] * W
-        self.current = [None] * W
-        # combined layout: each unfinished step comes after a separator block of its own, written
-        # with the step's first tokens (adjacent cells, one delta in every view: no extra group)
-        self.separator: list = [None] * W
-        self.pending: list[list[int]] = [[] for _ in range(W)]
-        self.pending_sep: list[list[int]] = [[] for _ in range(W)]
-        self.step_text = [""] * W
-        self.finishing = [False] * W
-        self.check_next = 0
-        for w in range(W):
-            self._new_step(w, check=False)
-
-    def _new_step(self, w: int, check: bool) -> None:
-        self.step_no[w] += 1
-        if self.s.layout == "combined":
-            self.separator[w] = self.cache.new_block("separator", owner=self.names[w])
-            self.pending_sep[w] = self.model.tokenize(P.STEP_SEPARATOR)
-        self.current[w] = self.cache.new_block("step", owner=self.names[w])
-        prefix = P.step_prefix(self.names[w], self.step_no[w]) + (P.REDUNDANCY_CHECK if check else "")
-        self.pending[w] = self.model.tokenize(prefix)  # the previous step ended with a blank line
-        self.step_text[w] = ""
-
-    def _view(self, w: int) -> list[int]:
-        others = [v for v in range(self.s.workers) if v != w]
-        cur = [self.current[v].id for v in others]
-        if self.s.layout == "contiguous":
-            return [self.prompt.id, *self.history, *cur, self.current[w].id]
-        if self.s.layout == "stepwise":
-            return [self.prompt.id, *self.history, self.current[w].id]
-        wip = [b for v in [*others, w] for b in (self.separator[v].id, self.current[v].id)]
-        return [self.prompt.id, *self.history, self.others_hdr.id, *wip]
+        self.checks_done = 0
 
     # --- the loop -------------------------------------------------------------
 
     def stream(self, problem: str) -> Iterator:
-        W, t0 = self.s.workers, time.perf_counter()
+        t0 = time.perf_counter()
         self._trace_header()
-        yield from self._setup(problem)
-        prompt_tokens, prompt_s = len(self.prompt.tokens), time.perf_counter() - t0
-        generated, reason, answer, t1, step = [0] * W, "budget", None, time.perf_counter(), 0
+        yield from self._prefill(problem)
+        prompt_s = time.perf_counter() - t0
+        reason, answer, step, t1 = "budget", None, 0, time.perf_counter()
         for step in range(self.s.max_steps):
             if self.stop_requested:
                 reason = "interrupted"
                 break
-            appends = {w: self.pending[w] for w in range(W) if self.pending[w]}
-            heads = {w: self.pending_sep[w] for w in appends if self.pending_sep[w]}
-            n_new = sum(map(len, appends.values())) + sum(map(len, heads.values()))
-            if self.cache.used_cells() + n_new + 2 * W >= self.ctx.n_ctx:
+            decoded = self._decode_step()
+            if decoded is None:  # no room for the step's tokens or the copies attention needs
                 reason = "ctx_full"
                 break
-            for w in range(W):
-                self.cache.set_view(w, self._view(w))
-            try:
-                logits = self.cache.decode(appends, heads=heads)
-            except ContextFull:  # no room for the step's tokens or the copies attention needs
-                reason = "ctx_full"
-                break
-            # the view each token was sampled from: with what was just decoded, the others' tokens included
-            views = {w: self.cache.view_prefixes(w) for w in appends} if self.trace else {}
-            for w in sorted(appends):
-                self.pending[w] = []
-                self.pending_sep[w] = []
-                if self.finishing[w]:  # its last token is in: the step joins the history
-                    yield from self._commit(w)
-                    answer = P.extract_boxed(self.step_text_done) or answer
-                    continue
-                tok = self.samplers[w].sample(logits[w])
-                generated[w] += 1
-                self._trace_token(step, self.names[w], views.get(w), tok, logits[w])
-                if self.model.is_eog(tok) and self.s.stop_on_eos:
+            logits, writers = decoded
+            for w in writers:
+                finished = yield from self._advance(w, step, logits[w.index])
+                if finished is not None:
+                    answer = P.extract_boxed(finished) or answer
+                elif self.model.is_eog(w.pending[0]) and self.s.stop_on_eos:
                     reason = "eos"
-                piece = self.model.piece(tok).decode("utf-8", errors="replace")
-                self.pending[w] = [tok]
-                self.step_text[w] += piece
-                self.finishing[w] = P.step_finished(self.step_text[w])
-                yield TokenEvent(self.names[w], tok, piece)
             if answer is not None:
                 reason = "answer"
                 break
             if reason == "eos":
                 break
-        gen_s = time.perf_counter() - t1
+        generate_s = time.perf_counter() - t1
         finisher = ""
         if reason in ("budget", "ctx_full") and answer is None:
             finisher, answer = self._finish()
-        result = Result(answer=answer, reason=reason,
-                        texts={n: self._worker_text(w) for w, n in enumerate(self.names)},
+        result = Result(answer=answer, reason=reason, texts={w.name: self._worker_text(w) for w in self.workers},
                         transcript=self.model.detokenize(self.cache.materialize(0)),
-                        prompt_tokens=prompt_tokens, prompt_s=prompt_s,
-                        generated=dict(zip(self.names, generated)), generate_s=gen_s, steps=step + 1,
-                        finisher=finisher)
-        self._trace_end(result)
+                        prompt_tokens=len(self.prompt.tokens), prompt_s=prompt_s,
+                        generated={w.name: w.generated for w in self.workers}, generate_s=generate_s,
+                        steps=step + 1, finisher=finisher)
+        if self.trace:
+            self.trace.end(self.cache.blocks.values(), result.reason, result.answer)
         yield DoneEvent(result)
 
-    def _commit(self, w: int):
-        block = self.current[w]
-        self.step_text_done = self.step_text[w]
-        self.history.append(block.id)
-        self.finishing[w] = False
-        yield StepEvent(self.names[w], self.step_no[w], self.model.detokenize(block.tokens))
-        check = False
-        if self.s.check_every and sum(len(self.cache.blocks[b].tokens) for b in self.history) >= \
-                self.s.check_every * (self.check_next + 1):
-            check, self.check_next = True, self.check_next + 1
+    def _prefill(self, problem: str) -> Iterator[Progress]:
+        """The prompt (in chunks, with progress), the layout's header, and every worker's first step."""
+        c, W = self.cache, self.s.workers
+        toks = self.model.tokenize(P.chat_prompt(self.model, self.names, self.layout, problem), add_special=True)
+        need = len(toks) + 64 * W  # room for the header and a first step of every worker
+        if need > self.ctx.n_ctx:
+            raise BadInput(f"the prompt ({len(toks)} tokens) and {W} workers do not fit the context "
+                           f"({self.ctx.n_ctx} tokens): use -c {need} or more")
+        self.prompt = c.new_block("prompt")
+        c.set_view(0, [self.prompt.id])
+        for i in range(0, len(toks), self.s.n_batch):
+            c.decode({0: toks[i:i + self.s.n_batch]})
+            yield Progress(min(i + self.s.n_batch, len(toks)), len(toks))
+        if self.layout.header:
+            self.header = c.new_block("separator")
+            c.set_view(0, [self.prompt.id, self.header.id])
+            c.decode({0: self.model.tokenize(P.OTHERS_HEADER)})
+        for w in self.workers:
+            self._new_step(w, check=False)
+
+    def _new_step(self, w: Worker, check: bool) -> None:
+        w.step_no += 1
+        if self.layout.separators:  # written with the step's first tokens, so that it moves with the step
+            w.separator = self.cache.new_block("separator", owner=w.name)
+            w.pending_sep = self.model.tokenize(P.STEP_SEPARATOR)
+        w.step = self.cache.new_block("step", owner=w.name)
+        prefix = P.step_prefix(w.name, w.step_no) + (P.REDUNDANCY_CHECK if check else "")
+        w.pending = self.model.tokenize(prefix)  # the previous step ended with a blank line
+        w.text = ""
+
+    def _view(self, w: Worker) -> list[int]:
+        return self.layout.view(w, self.workers, self.prompt.id, self.history,
+                                self.header.id if self.header else None)
+
+    def _decode_step(self) -> tuple[dict[int, np.ndarray], list[Worker]] | None:
+        """Every worker's pending tokens in one decode (each sees the others' tokens of this step);
+        None if the cache has no room for them."""
+        writers = [w for w in self.workers if w.pending]
+        appends = {w.index: w.pending for w in writers}
+        heads = {w.index: w.pending_sep for w in writers if w.pending_sep}
+        n_new = sum(map(len, appends.values())) + sum(map(len, heads.values()))
+        if self.cache.used_cells() + n_new + 2 * len(self.workers) >= self.ctx.n_ctx:
+            return None
+        for w in self.workers:
+            self.cache.set_view(w.index, self._view(w))
+        try:
+            logits = self.cache.decode(appends, heads=heads)
+        except ContextFull:
+            return None
+        for w in writers:
+            w.pending_sep = []
+        return logits, writers
+
+    def _advance(self, w: Worker, step: int, logits: np.ndarray):
+        """After a decode: a finishing worker's step joins the history (returns its text), the others
+        sample their next token. Yields the events."""
+        w.pending = []
+        if w.finishing:
+            return (yield from self._commit(w))
+        tok = w.sampler.sample(logits)
+        w.generated += 1
+        if self.trace:  # the view it was sampled from: what was just decoded, the others' tokens included
+            self.trace.token(step, w.name, self.cache.view_prefixes(w.index), tok, logits)
+        piece = self.model.piece(tok).decode("utf-8", errors="replace")
+        w.pending = [tok]
+        w.text += piece
+        w.finishing = P.step_finished(w.text)
+        yield TokenEvent(w.name, tok, piece)
+        return None
+
+    def _commit(self, w: Worker):
+        """w's finished step joins the shared history; w starts its next step. Returns the step's text."""
+        text = w.text
+        self.history.append(w.step.id)
+        w.finishing = False
+        yield StepEvent(w.name, w.step_no, self.model.detokenize(w.step.tokens))
+        history_tokens = sum(len(self.cache.blocks[b].tokens) for b in self.history)
+        check = bool(self.s.check_every) and history_tokens >= self.s.check_every * (self.checks_done + 1)
+        self.checks_done += check
         self._new_step(w, check)
+        return text
 
     def _finish(self) -> tuple[str, str | None]:
-        """At the budget: a few greedy tokens after the whole transcript, as worker 0 sees it."""
+        """At the budget: a few greedy tokens after the whole transcript, as the first worker sees it."""
         block = self.cache.new_block("finisher")
-        view = self._view(0) + [block.id]
-        self.cache.set_view(0, view)
+        self.cache.set_view(0, self._view(self.workers[0]) + [block.id])
         greedy = Sampler(self.model.n_vocab, 0.0, banned=self.banned)
         toks, text = self.model.tokenize(P.FINISHER), ""
         for _ in range(self.s.finisher_tokens):
@@ -268,9 +249,9 @@ class Engine:
                 logits = self.cache.decode({0: toks})[0]
             except ContextFull:
                 break
-            prefixes = self.cache.view_prefixes(0)
             tok = greedy.sample(logits)
-            self._trace_token(None, None, prefixes, tok, logits)
+            if self.trace:
+                self.trace.token(None, None, self.cache.view_prefixes(0), tok, logits)
             text += self.model.piece(tok).decode("utf-8", errors="replace")
             toks = [tok]
             if "}" in text:
@@ -278,39 +259,22 @@ class Engine:
         greedy.close()
         return text, P.extract_boxed("\\boxed{" + text)
 
-    def _worker_text(self, w: int) -> str:
-        owned = [b for b in self.cache.blocks.values() if b.kind == "step" and b.owner == self.names[w]]
+    def _worker_text(self, w: Worker) -> str:
+        owned = [b for b in self.cache.blocks.values() if b.kind == "step" and b.owner == w.name]
         return "".join(self.model.detokenize(b.tokens) for b in owned)
-
-    # --- trace ----------------------------------------------------------------
 
     def _trace_header(self) -> None:
         if self.trace:
             s = self.s
-            self.trace.write({"type": "header", "version": 1, "model": str(self.model.path),
-                              "n_ctx": self.ctx.n_ctx, "workers": self.names, "layout": s.layout,
-                              "seed": s.seed, "sampling": {"temp": s.temp, "top_k": s.top_k, "top_p": s.top_p,
-                                                           "min_p": s.min_p},
-                              "flash_attn": self.ctx.flash_attn, "cache_types": [s.cache_type_k, s.cache_type_v],
-                              "suppressed": self.banned})
-
-    def _trace_token(self, step, worker, view, token, logits: np.ndarray) -> None:
-        if self.trace:  # the log-probability costs a pass over the vocabulary: only for the trace
-            self.trace.write({"type": "token", "step": step, "worker": worker, "view": [[b, n] for b, n in view],
-                              "token": token, "logprob": _logprob(logits, token)})
-
-    def _trace_end(self, result: Result) -> None:
-        if self.trace:
-            for b in self.cache.blocks.values():
-                if b.tokens:
-                    self.trace.write({"type": "block", "id": b.id, "kind": b.kind, "owner": b.owner,
-                                      "tokens": b.tokens})
-            self.trace.write({"type": "end", "reason": result.reason, "answer": result.answer})
-            self.trace.close()
+            self.trace.header(model=str(self.model.path), n_ctx=self.ctx.n_ctx, workers=self.names, layout=s.layout,
+                              seed=s.seed, sampling={"temp": s.temp, "top_k": s.top_k, "top_p": s.top_p,
+                                                     "min_p": s.min_p},
+                              suppressed=self.banned, flash_attn=self.ctx.flash_attn,
+                              cache_types=[s.cache_type_k, s.cache_type_v])
 
     def close(self) -> None:
         if self.trace is not None:
             self.trace.discard()  # if the run did not reach its end
-        for smp in self.samplers:
-            smp.close()
+        for w in self.workers:
+            w.sampler.close()
         self.ctx.close()

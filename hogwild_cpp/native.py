@@ -12,28 +12,72 @@ import os
 import weakref
 from dataclasses import dataclass
 
+from typing import NamedTuple
+
 import numpy as np
+
+from . import errors
+from .errors import BadInput, RunFailure
+from .settings import CACHE_TYPES, FLASH_ATTN
 
 ABI_VERSION = 2
 
-OP_SHARE, OP_SHIFT, OP_FOLD, OP_TAIL, OP_FOLLOW = 0, 1, 2, 3, 4
 
-# ggml type ids of the KV cache types we offer (ggml.h)
-CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
-
-FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
-
-
-class NativeError(RuntimeError):
+class NativeError(RunFailure):
     """The llama.cpp library is missing, unpatched, or refused an operation."""
 
 
-class Unsupported(NativeError):
+class ModelLoadError(NativeError, BadInput):
+    """llama.cpp could not load the model file (llama.cpp's reason quoted)."""
+
+
+class Unsupported(NativeError, errors.Unsupported):
     """The patched llama.cpp cannot give this model or context per-view positions (the reason says why)."""
 
 
 class ContextFull(NativeError):
     """The KV cache has no room for a batch (its tokens, or the per-view copies attention needs); nothing changed."""
+
+
+# --- hogwild operations: struct llama_hogwild_op, one constructor per operation of llama.h -------
+
+OP_SHARE, OP_SHIFT, OP_FOLD, OP_TAIL, OP_FOLLOW = 0, 1, 2, 3, 4
+ALL = -1  # p0 or p1: from the start, or to the end
+
+
+class Op(NamedTuple):
+    """One struct llama_hogwild_op (positions are view positions of `seq`)."""
+    kind: int
+    seq: int
+    dst: int = -1
+    p0: int = ALL
+    p1: int = ALL
+    delta: int = 0
+
+
+def share(seq: int, dst: int, p0: int, p1: int, delta: int) -> Op:
+    """dst also sees the cells seq sees at [p0, p1), at p + delta (no data copied)."""
+    return Op(OP_SHARE, seq, dst, p0, p1, delta)
+
+
+def shift(seq: int, p0: int, p1: int, delta: int) -> Op:
+    """seq sees its cells at [p0, p1) at p + delta; other views and K untouched."""
+    return Op(OP_SHIFT, seq, -1, p0, p1, delta)
+
+
+def fold(seq: int, p0: int = ALL, p1: int = ALL) -> Op:
+    """seq's view of [p0, p1) becomes where K is stored (rotated at the next decode); no view changes."""
+    return Op(OP_FOLD, seq, -1, p0, p1, 0)
+
+
+def tail(seq: int, delta: int) -> Op:
+    """seq's next tokens, decoded at view position p, are stored for position p - delta."""
+    return Op(OP_TAIL, seq, -1, ALL, ALL, delta)
+
+
+def follow(seq: int, dst: int = -1, delta: int = 0) -> Op:
+    """dst sees the tokens seq decodes from now on at p + delta, as they are stored (dst -1: no followers)."""
+    return Op(OP_FOLLOW, seq, dst, ALL, ALL, delta)
 
 
 try:
@@ -94,6 +138,11 @@ ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
 ll.llama_backend_init()
 
 
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU."""
+    return bool(ll.llama_supports_gpu_offload())
+
+
 def set_verbose(on: bool) -> None:
     global _log_echo
     _log_echo = on
@@ -125,7 +174,7 @@ class Model:
         _log_lines.clear()
         self.ptr = ll.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
-            raise NativeError(f"llama.cpp could not load {path}: {reason()}")
+            raise ModelLoadError(f"llama.cpp could not load {path}: {reason()}")
         self.vocab = ll.llama_model_get_vocab(self.ptr)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.ptr)
@@ -232,8 +281,8 @@ class Context:
 
     # --- hogwild operations -------------------------------------------------
 
-    def apply(self, ops: list[tuple[int, int, int, int, int, int]]) -> None:
-        """Apply (kind, seq, dst, p0, p1, delta) operations in order, in one call."""
+    def apply(self, ops: list[Op]) -> None:
+        """Apply operations in order, in one call (all checked first: nothing is applied on a refusal)."""
         if not ops:
             return
         arr = np.array(ops, dtype=np.int32)  # the layout of struct llama_hogwild_op: six int32 a row
@@ -257,8 +306,13 @@ class Context:
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         ll.llama_memory_seq_rm(self.memory, seq, p0, p1)
 
-    def seq_pos_max(self, seq: int) -> int:
-        return ll.llama_memory_seq_pos_max(self.memory, seq)
+    def seq_cp(self, src: int, dst: int) -> None:
+        """Stock llama.cpp: dst also holds every cell src holds."""
+        ll.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
+    def state_size(self) -> int:
+        """Bytes a state save would take (0 when llama.cpp refuses to save)."""
+        return ll.llama_state_get_size(self.ptr)
 
     def decode(self, items: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
         """Decode (token, pos, seq, want_logits) items, in chunks of n_batch.

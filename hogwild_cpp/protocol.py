@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
+from .layouts import Layout
+
 NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi",
          "Ivan", "Judy", "Mallory", "Niaj", "Olivia", "Peggy", "Rupert", "Sybil"]
-
-LAYOUTS = ("combined", "stepwise", "contiguous")
 
 # combined layout: the header of the unfinished steps, then each unfinished step after a blank line
 # of its own (a separate block, so that the history shows the step without it); yours comes last
@@ -22,7 +22,7 @@ def default_names(n: int) -> list[str]:
     return [NAMES[i] if i < len(NAMES) else f"Worker{i + 1}" for i in range(n)]
 
 
-def system_prompt(names: list[str], layout: str) -> str:
+def system_prompt(names: list[str], layout: Layout) -> str:
     n = len(names)
     if n == 1:
         team = f"You are {names[0]}, solving the problem below step by step."
@@ -30,13 +30,7 @@ def system_prompt(names: list[str], layout: str) -> str:
         team = (f"You are one of {n} assistants ({', '.join(names)}) solving the problem below together, "
                 "at the same time, in one shared workspace. Every token any of you writes appears to the "
                 "others immediately.")
-    where = {
-        "combined": "Finished steps of everyone appear in order at the top; below them, under a header, "
-                    "every assistant's unfinished step, with your own current step last.",
-        "stepwise": "You see the finished steps of everyone, in the order they were finished, then your own "
-                    "current step.",
-        "contiguous": "You see what the others are writing right now, then your own text at the end.",
-    }[layout]
+    where = layout.prompt_text
     how = ("Write in short steps that begin with your name and a step number, like "
            f"\"**{names[0]} [1]:**\", and end a step with a blank line. Before you start something, look at "
            "what the others are doing: split the work, check each other's results, and change plans when "
@@ -50,7 +44,7 @@ def step_prefix(name: str, k: int) -> str:
     return f"**{name} [{k}]:** "
 
 
-def chat_prompt(model, names: list[str], layout: str, problem: str) -> str:
+def chat_prompt(model, names: list[str], layout: Layout, problem: str) -> str:
     """The prompt text, through the model's chat template when it has one."""
     system = system_prompt(names, layout)
     template = model.chat_template()

@@ -1,10 +1,29 @@
-"""The JSONL trace (DESIGN §6): what was sampled, from which exact view. Anyone can replay it."""
+"""The JSONL trace: what was sampled, from which exact view. Anyone can replay it (docs/trace.md).
+
+One JSON object a line:
+  header  the run's settings (`header`)
+  token   a sampled token and the exact view it was sampled from (`token`)
+  block   every block's final tokens, once, at the end (`end`)
+  end     why the run stopped, and the answer (`end`)
+This module writes and reads them; nothing else builds a record.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+
+import numpy as np
+
+VERSION = 1
+
+
+def logprob(logits: np.ndarray, token: int) -> float:
+    """The model's log-probability of `token` (a pass over the vocabulary: only for traces)."""
+    m = float(logits.max())
+    return float(logits[token] - m - math.log(float(np.exp(logits - m).sum())))
 
 
 class TraceWriter:
@@ -19,6 +38,27 @@ class TraceWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.f = open(self.tmp, "w", encoding="utf-8")
         self.error: OSError | None = None
+
+    def header(self, *, model: str, n_ctx: int, workers: list[str], layout: str, seed: int, sampling: dict,
+               suppressed: list[int], flash_attn: bool, cache_types: list[str]) -> None:
+        self.write({"type": "header", "version": VERSION, "model": model, "n_ctx": n_ctx, "workers": workers,
+                    "layout": layout, "seed": seed, "sampling": sampling, "suppressed": suppressed,
+                    "flash_attn": flash_attn, "cache_types": cache_types})
+
+    def token(self, step: int | None, worker: str | None, view: list[tuple[int, int]], token: int,
+              logits: np.ndarray) -> None:
+        """A sampled token; `view`: (block id, tokens of it) of the view it was sampled from, in order.
+        Finisher tokens have no step and no worker."""
+        self.write({"type": "token", "step": step, "worker": worker, "view": [[b, n] for b, n in view],
+                    "token": token, "logprob": logprob(logits, token)})
+
+    def end(self, blocks, reason: str, answer: str | None) -> None:
+        """Every block with tokens (`blocks`: cache Blocks), the end record, and the file renamed into place."""
+        for b in blocks:
+            if b.tokens:
+                self.write({"type": "block", "id": b.id, "kind": b.kind, "owner": b.owner, "tokens": b.tokens})
+        self.write({"type": "end", "reason": reason, "answer": answer})
+        self.close()
 
     def write(self, record: dict) -> None:
         if self.f is None:

@@ -3,7 +3,7 @@
 import llama_cpp
 import pytest
 
-from hogwild_cpp.models import default_model
+from hogwild_cpp.default_model import default_model
 
 PROMPT = "Question: A box holds 6 eggs. How many eggs are in 3 boxes?\nAnswer:"
 

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 import cli
 from hogwild_cpp import Hogwild
 from hogwild_cpp.engine import Engine, Settings
-from hogwild_cpp.models import default_model
+from hogwild_cpp.layouts import LAYOUTS
+from hogwild_cpp.default_model import default_model
 from hogwild_cpp.native import Context, ContextConfig, Model
 from hogwild_cpp.trace import read_trace, view_tokens
 from models import gguf_gen
@@ -232,7 +233,7 @@ def test_a_model_without_a_chat_template_gets_the_plain_prompt(one_layer, tmp_pa
                                     seed=3, weight_std=0.3, chat_template="{{ no template llama.cpp knows }}")
     for path in (one_layer, odd):
         model = Model(path)
-        text = protocol.chat_prompt(model, ["Alice", "Bob"], "combined", PROBLEM)
+        text = protocol.chat_prompt(model, ["Alice", "Bob"], LAYOUTS["combined"], PROBLEM)
         model.close()
         assert text.endswith(f"Problem: {PROBLEM}\n\nSolution:\n")
     out = tmp_path / "out.json"

@@ -1,0 +1,62 @@
+"""The settings of a run: one record, the values each setting may take, and their checks.
+
+This module imports nothing heavy, so the command line can build its options (and `--help`) from
+it without loading llama.cpp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import BadInput
+from .layouts import LAYOUTS
+
+# KV cache types: ggml type ids (ggml.h)
+CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}
+# flash attention: enum llama_flash_attn_type
+FLASH_ATTN = {"auto": -1, "on": 1, "off": 0}
+QUANTIZED = {"q8_0", "q4_0"}
+
+
+@dataclass
+class Settings:
+    workers: int = 2
+    layout: str = "combined"        # a key of layouts.LAYOUTS
+    names: list[str] | None = None
+    max_steps: int = 512            # budget, in parallel decode steps
+    n_ctx: int = 0                  # 0: from the model, capped to 8192
+    n_gpu_layers: int = 0
+    threads: int = 0
+    seed: int = 0
+    temp: float = 0.6
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    check_every: int = 1024         # redundancy check every N generated tokens (0: never)
+    stop_on_eos: bool = False
+    finisher_tokens: int = 16
+    n_batch: int = 512
+    cache_type_k: str = "f16"       # a key of CACHE_TYPES
+    cache_type_v: str = "f16"       # quantized: flash attention only (as in llama.cpp)
+    flash_attn: str = "auto"        # a key of FLASH_ATTN (auto: on where the backend supports it)
+
+    def check(self) -> None:
+        """BadInput if a setting cannot work, before any model is touched."""
+        if self.workers < 1:
+            raise BadInput(f"{self.workers} workers: at least one is needed")
+        if self.layout not in LAYOUTS:
+            raise BadInput(f"unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
+        if self.names is not None:
+            if len(self.names) != self.workers:
+                raise BadInput(f"{len(self.names)} names for {self.workers} workers")
+            if any(not n.strip() for n in self.names):
+                raise BadInput("a worker's name is empty")
+            if len(set(self.names)) != len(self.names):
+                raise BadInput("two workers have the same name")
+        for which, t in (("K", self.cache_type_k), ("V", self.cache_type_v)):
+            if t not in CACHE_TYPES:
+                raise BadInput(f"unknown {which} cache type {t!r}; choose from {', '.join(CACHE_TYPES)}")
+        if self.flash_attn not in FLASH_ATTN:
+            raise BadInput(f"unknown flash attention setting {self.flash_attn!r}; choose from {', '.join(FLASH_ATTN)}")
+        if self.cache_type_v in QUANTIZED and self.flash_attn == "off":
+            raise BadInput(f"a quantized V cache ({self.cache_type_v}) needs flash attention (-fa on or auto)")
