@@ -288,6 +288,66 @@ def write_gemma3_gguf(path, *, n_embd: int = 64, n_layer: int = 2, n_head: int =
     return write_all(writer, tensors, path)
 
 
+FAMILIES = ("llama", "llama-rope-freqs", "qwen2", "qwen2-yarn", "qwen3", "phi3")
+
+
+def write_family_gguf(path, family: str, *, n_embd: int = 128, n_layer: int = 1, n_head: int = 4,
+                      n_head_kv: int = 2, n_ctx_train: int = 4096, seed: int = 0,
+                      weight_std: float = WEIGHT_STD) -> Path:
+    """A tiny random model of one RoPE family, f32, with what sets it apart from a plain llama:
+
+    llama-rope-freqs  llama-3 frequency factors (a `rope_freqs` tensor)
+    qwen2             Q/K/V biases, NEOX-style RoPE (the rotate-half pairing)
+    qwen2-yarn        the same with YaRN rope scaling (factor 4)
+    qwen3             QK-norm (RMS norm of each head's q and k), NEOX RoPE
+    phi3              fused QKV and gate/up projections, long/short RoPE factors
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}")
+    path, rng = Path(path), np.random.default_rng(seed)
+    hd, n_ff = n_embd // n_head, 2 * n_embd
+    kv = n_head_kv * hd
+    arch = {"llama-rope-freqs": "llama", "qwen2-yarn": "qwen2"}.get(family, family)
+    writer = gguf.GGUFWriter(path, arch)
+    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(hd)
+    if family == "qwen2-yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(4.0)
+        writer.add_rope_scaling_orig_ctx_len(n_ctx_train // 4)
+    if family == "phi3":
+        writer.add_rope_scaling_orig_ctx_len(n_ctx_train // 4)  # a longer context picks the long factors
+    add_byte_vocabulary(writer)
+    mat = lambda *shape: normal_weights(rng, shape, weight_std)  # noqa: E731
+    one = lambda n: (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
+    bias = lambda n: (0.1 * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
+    factors = lambda: np.linspace(1.0, 8.0, hd // 2, dtype=np.float32)  # noqa: E731
+    tensors = {"token_embd.weight": mat(N_BASE_VOCAB, n_embd), "output_norm.weight": one(n_embd),
+               "output.weight": mat(N_BASE_VOCAB, n_embd)}
+    if family == "llama-rope-freqs":
+        tensors["rope_freqs.weight"] = factors()
+    if family == "phi3":
+        tensors |= {"rope_factors_long.weight": factors(), "rope_factors_short.weight": factors()[::-1] / 4}
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        t = {b + "attn_norm.weight": one(n_embd), b + "attn_output.weight": mat(n_embd, n_embd),
+             b + "ffn_norm.weight": one(n_embd), b + "ffn_down.weight": mat(n_embd, n_ff)}
+        if family == "phi3":
+            t |= {b + "attn_qkv.weight": mat(n_embd + 2 * kv, n_embd), b + "ffn_up.weight": mat(2 * n_ff, n_embd)}
+        else:
+            t |= {b + "attn_q.weight": mat(n_embd, n_embd), b + "attn_k.weight": mat(kv, n_embd),
+                  b + "attn_v.weight": mat(kv, n_embd), b + "ffn_gate.weight": mat(n_ff, n_embd),
+                  b + "ffn_up.weight": mat(n_ff, n_embd)}
+        if arch == "qwen2":
+            t |= {b + "attn_q.bias": bias(n_embd), b + "attn_k.bias": bias(kv), b + "attn_v.bias": bias(kv)}
+        if family == "qwen3":
+            t |= {b + "attn_q_norm.weight": one(hd), b + "attn_k_norm.weight": one(hd)}
+        tensors |= t
+    return write_all(writer, tensors, path)
+
+
 def write_qwen2vl_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4, n_head_kv: int = 2,
                        n_ctx_train: int = 512, seed: int = 0) -> Path:
     """A tiny Qwen2-VL text model: multi-dimensional RoPE (M-RoPE) with rope sections, f32."""
