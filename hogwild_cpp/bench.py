@@ -49,6 +49,7 @@ class Row:
     batched_kernels: float | None = None
     hogwild_gpu_ms: float | None = None    # GPU time per step, summed over those kernels
     batched_gpu_ms: float | None = None
+    shadows: int | None = None             # per-view copies the last hogwild step wrote (patches/README.md)
 
 
 def _median_ms(fn, steps: int, warmup: int = 3) -> float:
@@ -184,16 +185,6 @@ def _paired_median_ms(fn_a, fn_b, steps: int, warmup: int = 3) -> tuple[float, f
     return statistics.median(ta), statistics.median(tb)
 
 
-def hogwild_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng, flash_attn: str = "off",
-                 cache=("f16", "f16")) -> tuple[float, int, int]:
-    """Median ms of a hogwild step alone, kv cells and unique tokens."""
-    step, c = hogwild_setup(model, workers, ctx_len, steps, threads, rng, flash_attn, cache)
-    ms = _median_ms(step, steps)
-    cells, unique = c.used_cells(), c.unique_tokens()
-    c.ctx.close()
-    return ms, cells, unique
-
-
 def batched_step(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng,
                  flash_attn: str = "off", cache=("f16", "f16")) -> float:
     step, ctx = batched_setup(model, workers, ctx_len, steps, threads, rng, flash_attn, cache)
@@ -241,6 +232,7 @@ def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n
                 hw_prof = kernel_profile(hw_step) if kernels else None
                 b_prof = kernel_profile(b_step) if kernels else None
                 cells, unique, resolved = hw_cache.used_cells(), hw_cache.unique_tokens(), hw_cache.ctx.flash_attn
+                shadows = hw_cache.ctx.last_shadows()[0]
                 hw_cache.ctx.close()
                 b_ctx.close()
                 rows.append(Row(device=device, model=name, workers=w, ctx=ctx_len, flash_attn=resolved,
@@ -252,7 +244,7 @@ def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n
                                 hogwild_kernels=hw_prof and hw_prof["kernels"],
                                 batched_kernels=b_prof and b_prof["kernels"],
                                 hogwild_gpu_ms=hw_prof and round(hw_prof["gpu_ms"], 4),
-                                batched_gpu_ms=b_prof and round(b_prof["gpu_ms"], 4)))
+                                batched_gpu_ms=b_prof and round(b_prof["gpu_ms"], 4), shadows=shadows))
                 if hw_prof and b_prof:
                     profiles.append({"workers": w, "ctx": ctx_len, "flash_attn": resolved,
                                      "hogwild": hw_prof, "batched": b_prof})

@@ -265,9 +265,10 @@ class SharedCache:
         for seq, b, _, _ in writes:
             if b.writer is not None and b.writer != seq:
                 raise RuntimeError(f"block {b.id} is written by sequence {b.writer}, not {seq}")
-        if sum(len(t) for _, _, t, _ in writes) > self.ctx.cfg.n_batch and len(appends) > 1:
-            raise RuntimeError(f"one step of {sum(len(t) for _, _, t, _ in writes)} tokens exceeds n_batch "
-                             f"({self.ctx.cfg.n_batch}): the workers would not see each other's tokens")
+        n_new = sum(len(t) for _, _, t, _ in writes)
+        if n_new > self.ctx.cfg.n_batch and len(appends) > 1:  # llama.cpp would split it into ubatches
+            raise RuntimeError(f"one step of {n_new} tokens exceeds n_batch ({self.ctx.cfg.n_batch}): "
+                               "the workers would not see each other's tokens")
         self._growing = {b.id: len(t) for _, b, t, _ in writes}
         try:
             self.sync()

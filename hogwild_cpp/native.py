@@ -11,23 +11,21 @@ import ctypes
 import os
 import weakref
 from dataclasses import dataclass
-
 from typing import NamedTuple
 
 import numpy as np
 
 from . import errors
-from .errors import BadInput, RunFailure
 from .settings import CACHE_TYPES, FLASH_ATTN
 
 ABI_VERSION = 2
 
 
-class NativeError(RunFailure):
+class NativeError(errors.RunFailure):
     """The llama.cpp library is missing, unpatched, or refused an operation."""
 
 
-class ModelLoadError(NativeError, BadInput):
+class ModelLoadError(NativeError, errors.BadInput):
     """llama.cpp could not load the model file (llama.cpp's reason quoted)."""
 
 

@@ -41,5 +41,6 @@ def test_bench_reports_every_row_in_markdown_and_json(tiny, tmp_path, flash):
         assert r["kv_cells"] == r["unique_tokens"]
         assert r["ctx"] <= r["unique_tokens"] <= (r["ctx"] + 2 + 3) * r["workers"]  # 2 timed, 3 warm-up steps
         assert r["hogwild_kernels"] is None  # counted on CUDA builds only
+        assert r["shadows"] == 0 if r["workers"] == 1 else r["shadows"] > 0  # copies only where views differ
     table = res.stdout.splitlines()  # progress goes to stderr
     assert table[0].startswith("| device | model | workers | ctx |") and len(table) == 2 + len(rows)
