@@ -1,8 +1,11 @@
-"""Llama-architecture GGUF files with random weights, for tests and speed benchmarks.
+"""GGUF files with random weights, for tests and speed benchmarks.
 
-Tiny models (the default) are written in milliseconds and tokenize any text through
-SentencePiece-style byte fallback. Large presets ("1b", "8b") skip numpy quantization and
-write random quantized blocks with a small fixed scale: fast, and only good for timing.
+Llama models of any size (`write_llama_gguf`, the command line), and tiny f32 models of other
+architectures: RoPE families (`write_family_gguf`: FAMILIES, and the sliding-window ISWA_FAMILIES),
+models hogwild refuses (GPT-2, Qwen2-VL, recurrent Mamba, hybrid LFM2). Tiny models are written in
+milliseconds and tokenize any text through SentencePiece-style byte fallback. Large presets ("1b",
+"8b") skip numpy quantization and write random quantized blocks with a small fixed scale: fast, and
+only good for timing.
 
     python -m models.gguf_gen tiny.gguf
     python -m models.gguf_gen bench-1b.gguf --preset 1b --dtype q4_0
@@ -261,39 +264,36 @@ def write_gpt2_gguf(path, *, n_embd: int = 64, n_layer: int = 1, n_head: int = 4
     return write_all(writer, tensors, path)
 
 
-def write_gemma3_gguf(path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 1,
-                      sliding_window: int = 8, n_ctx_train: int = 512, seed: int = 0) -> Path:
-    """A tiny Gemma 3 with a sliding window (llama.cpp gives it an iSWA cache), f32."""
-    path, rng, n_ff, hd = Path(path), np.random.default_rng(seed), 2 * n_embd, n_embd // n_head
-    writer = gguf.GGUFWriter(path, "gemma3")
-    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv)
-    writer.add_key_length(hd)
-    writer.add_value_length(hd)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_sliding_window(sliding_window)
-    writer.add_rope_freq_base(10000.0)
-    add_byte_vocabulary(writer)
-    mat = lambda *shape: normal_weights(rng, shape)  # noqa: E731
-    one = lambda n: np.ones(n, np.float32)  # noqa: E731
-    tensors = {"token_embd.weight": mat(N_BASE_VOCAB, n_embd), "output_norm.weight": one(n_embd)}
-    for i in range(n_layer):
-        tensors |= {f"blk.{i}.attn_norm.weight": one(n_embd), f"blk.{i}.attn_q.weight": mat(n_head * hd, n_embd),
-                    f"blk.{i}.attn_k.weight": mat(n_head_kv * hd, n_embd),
-                    f"blk.{i}.attn_v.weight": mat(n_head_kv * hd, n_embd),
-                    f"blk.{i}.attn_output.weight": mat(n_embd, n_head * hd),
-                    f"blk.{i}.post_attention_norm.weight": one(n_embd), f"blk.{i}.attn_k_norm.weight": one(hd),
-                    f"blk.{i}.attn_q_norm.weight": one(hd), f"blk.{i}.ffn_norm.weight": one(n_embd),
-                    f"blk.{i}.ffn_gate.weight": mat(n_ff, n_embd), f"blk.{i}.ffn_up.weight": mat(n_ff, n_embd),
-                    f"blk.{i}.ffn_down.weight": mat(n_embd, n_ff), f"blk.{i}.post_ffw_norm.weight": one(n_embd)}
-    return write_all(writer, tensors, path)
+class RandomTensors:
+    """The random tensors of one tiny model, drawn in the order asked for: a seed gives one file.
+
+    Shapes are numpy's (rows = ggml's ne[1]). Matrices are normal with std `std`, norm weights
+    about 1 and biases about 0, each with a little random variation so that no term hides.
+    """
+
+    def __init__(self, seed: int, std: float = WEIGHT_STD):
+        self.rng, self.std = np.random.default_rng(seed), std
+
+    def mat(self, *shape: int) -> np.ndarray:
+        return normal_weights(self.rng, shape, self.std)
+
+    def one(self, n: int) -> np.ndarray:
+        return (1.0 + 0.1 * self.rng.standard_normal(n)).astype(np.float32)
+
+    def bias(self, n: int) -> np.ndarray:
+        return (0.1 * self.rng.standard_normal(n)).astype(np.float32)
 
 
-FAMILIES = ("llama", "llama-rope-freqs", "qwen2", "qwen2-yarn", "qwen3", "phi3")
+FAMILIES = ("llama", "llama-rope-freqs", "qwen2", "qwen2-yarn", "qwen3", "phi3", "stablelm")
+# sliding-window families: llama.cpp gives them two KV caches (iSWA); tests wire them in once supported
+ISWA_FAMILIES = ("gemma2", "gemma3")
+FAMILY_ARCH = {"llama-rope-freqs": "llama", "qwen2-yarn": "qwen2"}  # a family is its architecture otherwise
+STABLELM_ROTARY_DIVISOR = 4  # StableLM 2 rotates head_dim / 4 dims (partial_rotary_factor 0.25)
 
 
 def write_family_gguf(path, family: str, *, n_embd: int = 128, n_layer: int = 1, n_head: int = 4,
                       n_head_kv: int = 2, n_ctx_train: int = 4096, seed: int = 0,
-                      weight_std: float = WEIGHT_STD) -> Path:
+                      weight_std: float = WEIGHT_STD, sliding_window: int = 16) -> Path:
     """A tiny random model of one RoPE family, f32, with what sets it apart from a plain llama:
 
     llama-rope-freqs  llama-3 frequency factors (a `rope_freqs` tensor)
@@ -301,49 +301,220 @@ def write_family_gguf(path, family: str, *, n_embd: int = 128, n_layer: int = 1,
     qwen2-yarn        the same with YaRN rope scaling (factor 4)
     qwen3             QK-norm (RMS norm of each head's q and k), NEOX RoPE
     phi3              fused QKV and gate/up projections, long/short RoPE factors
+    stablelm          partial rotary: RoPE on the first quarter of each head only (n_rot = head_dim / 4),
+                      NEOX pairing within it; LayerNorm with biases, Q/K/V biases
+    gemma2, gemma3    interleaved sliding-window attention (ISWA_FAMILIES): see `write_gemma_gguf`
+
+    `sliding_window` is used by the Gemma families only.
     """
+    if family in ISWA_FAMILIES:
+        return write_gemma_gguf(path, family, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
+                                n_ctx_train=n_ctx_train, seed=seed, weight_std=weight_std,
+                                sliding_window=sliding_window)
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}")
-    path, rng = Path(path), np.random.default_rng(seed)
+        raise ValueError(f"family must be one of {FAMILIES + ISWA_FAMILIES}")
+    path, r = Path(path), RandomTensors(seed, weight_std)
     hd, n_ff = n_embd // n_head, 2 * n_embd
-    kv = n_head_kv * hd
-    arch = {"llama-rope-freqs": "llama", "qwen2-yarn": "qwen2"}.get(family, family)
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, FAMILY_ARCH.get(family, family))
     add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv)
-    writer.add_layer_norm_rms_eps(1e-6)
+    add_family_rope_and_norm_keys(writer, family, hd, n_ctx_train)
+    add_byte_vocabulary(writer)
+    tensors = {"token_embd.weight": r.mat(N_BASE_VOCAB, n_embd), "output_norm.weight": r.one(n_embd),
+               "output.weight": r.mat(N_BASE_VOCAB, n_embd)}
+    factors = lambda: np.linspace(1.0, 8.0, hd // 2, dtype=np.float32)  # noqa: E731
+    if family == "llama-rope-freqs":
+        tensors["rope_freqs.weight"] = factors()
+    if family == "phi3":
+        tensors |= {"rope_factors_long.weight": factors(), "rope_factors_short.weight": factors()[::-1] / 4}
+    if family == "stablelm":
+        tensors["output_norm.bias"] = r.bias(n_embd)
+    for i in range(n_layer):
+        tensors |= family_layer(r, family, f"blk.{i}.", n_embd, n_head_kv * hd, hd, n_ff)
+    return write_all(writer, tensors, path)
+
+
+def add_family_rope_and_norm_keys(writer: gguf.GGUFWriter, family: str, hd: int, n_ctx_train: int) -> None:
+    if family == "stablelm":
+        writer.add_layer_norm_eps(1e-5)
+    else:
+        writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(10000.0)
-    writer.add_rope_dimension_count(hd)
+    writer.add_rope_dimension_count(hd // STABLELM_ROTARY_DIVISOR if family == "stablelm" else hd)
     if family == "qwen2-yarn":
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(4.0)
         writer.add_rope_scaling_orig_ctx_len(n_ctx_train // 4)
     if family == "phi3":
         writer.add_rope_scaling_orig_ctx_len(n_ctx_train // 4)  # a longer context picks the long factors
-    add_byte_vocabulary(writer)
-    mat = lambda *shape: normal_weights(rng, shape, weight_std)  # noqa: E731
-    one = lambda n: (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
-    bias = lambda n: (0.1 * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
-    factors = lambda: np.linspace(1.0, 8.0, hd // 2, dtype=np.float32)  # noqa: E731
-    tensors = {"token_embd.weight": mat(N_BASE_VOCAB, n_embd), "output_norm.weight": one(n_embd),
-               "output.weight": mat(N_BASE_VOCAB, n_embd)}
-    if family == "llama-rope-freqs":
-        tensors["rope_freqs.weight"] = factors()
+
+
+def family_layer(r: RandomTensors, family: str, b: str, n_embd: int, kv: int, hd: int, n_ff: int) -> dict:
+    """The tensors of one block of a RoPE family (prefix `b`)."""
+    t = {b + "attn_norm.weight": r.one(n_embd), b + "attn_output.weight": r.mat(n_embd, n_embd),
+         b + "ffn_norm.weight": r.one(n_embd), b + "ffn_down.weight": r.mat(n_embd, n_ff)}
     if family == "phi3":
-        tensors |= {"rope_factors_long.weight": factors(), "rope_factors_short.weight": factors()[::-1] / 4}
+        t |= {b + "attn_qkv.weight": r.mat(n_embd + 2 * kv, n_embd), b + "ffn_up.weight": r.mat(2 * n_ff, n_embd)}
+    else:
+        t |= {b + "attn_q.weight": r.mat(n_embd, n_embd), b + "attn_k.weight": r.mat(kv, n_embd),
+              b + "attn_v.weight": r.mat(kv, n_embd), b + "ffn_gate.weight": r.mat(n_ff, n_embd),
+              b + "ffn_up.weight": r.mat(n_ff, n_embd)}
+    if FAMILY_ARCH.get(family, family) in ("qwen2", "stablelm"):
+        t |= {b + "attn_q.bias": r.bias(n_embd), b + "attn_k.bias": r.bias(kv), b + "attn_v.bias": r.bias(kv)}
+    if family == "stablelm":
+        t |= {b + "attn_norm.bias": r.bias(n_embd), b + "ffn_norm.bias": r.bias(n_embd)}
+    if family == "qwen3":
+        t |= {b + "attn_q_norm.weight": r.one(hd), b + "attn_k_norm.weight": r.one(hd)}
+    return t
+
+
+GEMMA2_SOFTCAP_ATTN, GEMMA2_SOFTCAP_FINAL = 50.0, 30.0  # as Gemma 2 ships
+GEMMA3_ROPE_BASE_GLOBAL, GEMMA3_ROPE_BASE_LOCAL, GEMMA3_ROPE_LINEAR_FACTOR = 1_000_000.0, 10_000.0, 8.0  # Gemma 3 27B
+
+
+def write_gemma_gguf(path, family: str = "gemma3", *, n_embd: int = 128, n_layer: int = 1, n_head: int = 4,
+                     n_head_kv: int = 2, n_ctx_train: int = 4096, seed: int = 0, weight_std: float = WEIGHT_STD,
+                     sliding_window: int = 16) -> Path:
+    """A tiny Gemma 2 or Gemma 3, f32: interleaved sliding-window attention (iSWA in llama.cpp).
+
+    Which layers slide is llama.cpp's default pattern for the architecture (no pattern key is written,
+    as in converted Gemma files); a one-layer model's single layer always slides:
+
+    gemma2  every other layer: layers 0, 2, 4, ... slide over the last `sliding_window` tokens,
+            1, 3, 5, ... attend globally (n_layer >= 2 for a global layer)
+    gemma3  five in six: layer i slides unless i % 6 == 5; 5, 11, 17, ... are global
+            (n_layer >= 6 for a global layer)
+
+    Both: the embedding scaled by sqrt(n_embd), NEOX RoPE, RMS norms before and after attention and
+    the FFN (post_attention_norm, post_ffw_norm), GELU-gated FFN, output tied to token_embd, head_dim
+    written as key/value length. llama.cpp reads no query_pre_attn_scalar: it scales q by
+    1/sqrt(head_dim), or 1/sqrt(n_embd / n_head) for the 27B shapes it recognises by layer count.
+
+    gemma2  tanh soft-capping of attention logits (50) and final logits (30); one rope base.
+    gemma3  QK-norm (RMS norm of each head's q and k); rope base 1e6 on global layers, 1e4 on sliding
+            ones, and linear rope scaling (factor 8) that llama.cpp applies to global layers only.
+    """
+    if family not in ISWA_FAMILIES:
+        raise ValueError(f"family must be one of {ISWA_FAMILIES}")
+    path, r = Path(path), RandomTensors(seed, weight_std)
+    hd, n_ff = n_embd // n_head, 2 * n_embd
+    writer = gguf.GGUFWriter(path, family)
+    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv)
+    writer.add_key_length(hd)
+    writer.add_value_length(hd)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_sliding_window(sliding_window)
+    if family == "gemma2":
+        writer.add_rope_freq_base(10000.0)
+        writer.add_attn_logit_softcapping(GEMMA2_SOFTCAP_ATTN)
+        writer.add_final_logit_softcapping(GEMMA2_SOFTCAP_FINAL)
+    else:
+        writer.add_rope_freq_base(GEMMA3_ROPE_BASE_GLOBAL)
+        writer.add_rope_freq_base_swa(GEMMA3_ROPE_BASE_LOCAL)
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(GEMMA3_ROPE_LINEAR_FACTOR)
+    add_byte_vocabulary(writer)
+    tensors = {"token_embd.weight": r.mat(N_BASE_VOCAB, n_embd), "output_norm.weight": r.one(n_embd)}
+    for i in range(n_layer):
+        tensors |= gemma_layer(r, family, f"blk.{i}.", n_embd, n_head * hd, n_head_kv * hd, hd, n_ff)
+    return write_all(writer, tensors, path)
+
+
+def gemma_layer(r: RandomTensors, family: str, b: str, n_embd: int, q: int, kv: int, hd: int, n_ff: int) -> dict:
+    """One Gemma block: norms around attention and around the FFN; Gemma 3 adds QK-norm."""
+    t = {b + "attn_norm.weight": r.one(n_embd), b + "attn_q.weight": r.mat(q, n_embd),
+         b + "attn_k.weight": r.mat(kv, n_embd), b + "attn_v.weight": r.mat(kv, n_embd),
+         b + "attn_output.weight": r.mat(n_embd, q), b + "post_attention_norm.weight": r.one(n_embd)}
+    if family == "gemma3":
+        t |= {b + "attn_q_norm.weight": r.one(hd), b + "attn_k_norm.weight": r.one(hd)}
+    return t | {b + "ffn_norm.weight": r.one(n_embd), b + "ffn_gate.weight": r.mat(n_ff, n_embd),
+                b + "ffn_up.weight": r.mat(n_ff, n_embd), b + "ffn_down.weight": r.mat(n_embd, n_ff),
+                b + "post_ffw_norm.weight": r.one(n_embd)}
+
+
+def write_gemma3_gguf(path, **kw) -> Path:
+    """`write_gemma_gguf(path, "gemma3", ...)`: kept for callers of the old name."""
+    return write_gemma_gguf(path, "gemma3", **kw)
+
+
+def write_mamba_gguf(path, *, n_embd: int = 64, n_layer: int = 1, d_state: int = 16, d_conv: int = 4,
+                     n_ctx_train: int = 4096, seed: int = 0, weight_std: float = WEIGHT_STD) -> Path:
+    """A tiny Mamba (1), f32: no attention and no positions, a recurrent state per sequence instead.
+
+    Each block: RMS norm, in-projection to x and a gate z (d_inner = 2 * n_embd, the only expansion
+    llama.cpp supports), a causal depthwise conv of width `d_conv` over x, the selective scan with
+    a state of `d_state` per channel, gated by silu(z), out-projection. A = -(1..d_state) per
+    channel and dt bias = softplus^-1 of dt in [1e-3, 1e-1], as Mamba initialises them (so the scan
+    is stable whatever the random weights); the output is tied to token_embd, as in mamba-130m.
+    llama.cpp gives it recurrent memory (llama_memory_recurrent), no KV cache.
+    """
+    path, r = Path(path), RandomTensors(seed, weight_std)
+    d_inner, dt_rank = 2 * n_embd, -(n_embd // -16)
+    writer = gguf.GGUFWriter(path, "mamba")
+    add_shape(writer, n_ctx_train, n_embd, n_layer, 0, 0)  # no FFN, no heads
+    writer.add_ssm_conv_kernel(d_conv)
+    writer.add_ssm_inner_size(d_inner)
+    writer.add_ssm_state_size(d_state)
+    writer.add_ssm_time_step_rank(dt_rank)
+    writer.add_ssm_dt_b_c_rms(False)
+    writer.add_layer_norm_rms_eps(1e-5)
+    add_byte_vocabulary(writer)
+    tensors = {"token_embd.weight": r.mat(N_BASE_VOCAB, n_embd), "output_norm.weight": r.one(n_embd)}
+    a = -np.tile(np.arange(1, d_state + 1, dtype=np.float32), (d_inner, 1))
     for i in range(n_layer):
         b = f"blk.{i}."
-        t = {b + "attn_norm.weight": one(n_embd), b + "attn_output.weight": mat(n_embd, n_embd),
-             b + "ffn_norm.weight": one(n_embd), b + "ffn_down.weight": mat(n_embd, n_ff)}
-        if family == "phi3":
-            t |= {b + "attn_qkv.weight": mat(n_embd + 2 * kv, n_embd), b + "ffn_up.weight": mat(2 * n_ff, n_embd)}
+        dt = np.exp(r.rng.uniform(np.log(1e-3), np.log(1e-1), d_inner))
+        tensors |= {b + "attn_norm.weight": r.one(n_embd), b + "ssm_in.weight": r.mat(2 * d_inner, n_embd),
+                    b + "ssm_conv1d.weight": r.mat(d_inner, d_conv), b + "ssm_conv1d.bias": r.bias(d_inner),
+                    b + "ssm_x.weight": r.mat(dt_rank + 2 * d_state, d_inner),
+                    b + "ssm_dt.weight": r.mat(d_inner, dt_rank),
+                    b + "ssm_dt.bias": (dt + np.log(-np.expm1(-dt))).astype(np.float32),
+                    b + "ssm_a": a.copy(), b + "ssm_d": r.one(d_inner), b + "ssm_out.weight": r.mat(n_embd, d_inner)}
+    return write_all(writer, tensors, path)
+
+
+def lfm2_attention_layers(n_layer: int) -> list[int]:
+    """The attention layers of `write_lfm2_gguf`: every third, from layer 1 (0 is always a conv layer)."""
+    return [i for i in range(n_layer) if i % 3 == 1]
+
+
+def write_lfm2_gguf(path, *, n_embd: int = 64, n_layer: int = 3, n_head: int = 4, n_head_kv: int = 2,
+                    conv_l_cache: int = 3, n_ctx_train: int = 4096, seed: int = 0,
+                    weight_std: float = WEIGHT_STD) -> Path:
+    """A tiny LFM2, f32: a hybrid of gated short-convolution layers and attention layers.
+
+    The attention layers are `lfm2_attention_layers(n_layer)` (1, 4, 7, ...; n_layer >= 2 for one);
+    the others are short-conv blocks: in-projection to B, C, x, a causal depthwise conv of width
+    `conv_l_cache` over B*x, times C, out-projection; their state is the last conv_l_cache - 1 inputs.
+    The GGUF marks a conv layer by head_count_kv 0 (a per-layer array, as the converter writes it).
+    Attention: GQA with QK-norm and NEOX RoPE (base 1e6). Every layer has a SwiGLU FFN; the
+    output is tied to token_embd and the final norm is named token_embd_norm, as in LFM2 files.
+    llama.cpp gives it hybrid memory (llama_memory_hybrid: a KV cache for the attention layers and
+    recurrent state for the conv layers).
+    """
+    path, r = Path(path), RandomTensors(seed, weight_std)
+    hd, n_ff, kv = n_embd // n_head, 2 * n_embd, n_head_kv * (n_embd // n_head)
+    attention = set(lfm2_attention_layers(n_layer))
+    writer = gguf.GGUFWriter(path, "lfm2")
+    add_shape(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, [n_head_kv if i in attention else 0
+                                                                   for i in range(n_layer)])
+    writer.add_shortconv_l_cache(conv_l_cache)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(1_000_000.0)
+    add_byte_vocabulary(writer)
+    tensors = {"token_embd.weight": r.mat(N_BASE_VOCAB, n_embd), "token_embd_norm.weight": r.one(n_embd)}
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        t = {b + "attn_norm.weight": r.one(n_embd), b + "ffn_norm.weight": r.one(n_embd),
+             b + "ffn_gate.weight": r.mat(n_ff, n_embd), b + "ffn_up.weight": r.mat(n_ff, n_embd),
+             b + "ffn_down.weight": r.mat(n_embd, n_ff)}
+        if i in attention:
+            t |= {b + "attn_q.weight": r.mat(n_embd, n_embd), b + "attn_k.weight": r.mat(kv, n_embd),
+                  b + "attn_v.weight": r.mat(kv, n_embd), b + "attn_output.weight": r.mat(n_embd, n_embd),
+                  b + "attn_q_norm.weight": r.one(hd), b + "attn_k_norm.weight": r.one(hd)}
         else:
-            t |= {b + "attn_q.weight": mat(n_embd, n_embd), b + "attn_k.weight": mat(kv, n_embd),
-                  b + "attn_v.weight": mat(kv, n_embd), b + "ffn_gate.weight": mat(n_ff, n_embd),
-                  b + "ffn_up.weight": mat(n_ff, n_embd)}
-        if arch == "qwen2":
-            t |= {b + "attn_q.bias": bias(n_embd), b + "attn_k.bias": bias(kv), b + "attn_v.bias": bias(kv)}
-        if family == "qwen3":
-            t |= {b + "attn_q_norm.weight": one(hd), b + "attn_k_norm.weight": one(hd)}
+            t |= {b + "shortconv.conv.weight": r.mat(n_embd, conv_l_cache),
+                  b + "shortconv.in_proj.weight": r.mat(3 * n_embd, n_embd),
+                  b + "shortconv.out_proj.weight": r.mat(n_embd, n_embd)}
         tensors |= t
     return write_all(writer, tensors, path)
 

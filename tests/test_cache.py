@@ -388,33 +388,6 @@ def test_a_step_whose_copies_do_not_fit_fails_cleanly_and_changes_nothing(tiny_m
     ctx.close()
 
 
-def test_a_model_without_rope_is_refused(tmp_path):
-    model = Model(gguf_gen.write_gpt2_gguf(tmp_path / "gpt2.gguf"))
-    with pytest.raises(NativeError, match="no RoPE"):
-        Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2))
-    Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2, hogwild=False)).close()  # stock still works
-    model.close()
-
-
-def test_an_m_rope_model_is_refused(tmp_path):
-    """Qwen2-VL rotates by several position components per token; one delta per cell cannot move it."""
-    model = Model(gguf_gen.write_qwen2vl_gguf(tmp_path / "qwen2vl.gguf"))
-    with pytest.raises(NativeError, match="M-RoPE"):
-        Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2))
-    stock = Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2, hogwild=False))
-    assert np.isfinite(stock.decode([(t, i, 0, i == 4) for i, t in enumerate(range(10, 15))])[0]).all()
-    stock.close()
-    model.close()
-
-
-def test_a_sliding_window_model_is_refused_until_iswa_is_supported(tmp_path):
-    """Gemma 3 uses interleaved sliding-window attention (two KV caches): not supported yet."""
-    model = Model(gguf_gen.write_gemma3_gguf(tmp_path / "gemma3.gguf"))
-    with pytest.raises(NativeError, match="sliding-window"):
-        Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2))
-    model.close()
-
-
 def test_state_save_is_refused_while_views_differ(tiny_models):
     model = tiny_models["gqa"]
     ctx = Context(model, ContextConfig(n_ctx=256, n_seq_max=2, n_threads=2))

@@ -1,11 +1,14 @@
-"""The random GGUF generator writes llama models that llama.cpp loads and runs."""
+"""The random GGUF generator writes models that stock llama.cpp loads and runs: llama in every dtype, and
+the other architectures (sliding-window Gemma 2/3, partial-rotary StableLM, recurrent Mamba, hybrid LFM2)."""
 
 import ctypes
 
+import gguf
 import llama_cpp
 import numpy as np
 import pytest
 
+from models import gguf_gen
 from models.gguf_gen import N_BASE_VOCAB, write_llama_gguf
 
 DTYPES = ["f32", "f16", "q8_0", "q4_0"]
@@ -108,3 +111,96 @@ def test_fast_mode_writes_loadable_random_quant_blocks(tmp_path):
         assert np.isfinite(m.decode(m.tokenize("benchmark"))).all()
     finally:
         m.close()
+
+
+PROMPT = "Two trains leave at noon."
+LLAMA_ROPE_TYPE_NEOX = 2
+
+
+def decodes_to_finite_logits(m: LoadedModel) -> np.ndarray:
+    """A prompt, then a few greedy tokens: every step's logits finite and not constant. The last ones."""
+    logits = m.decode(m.tokenize(PROMPT))
+    for _ in range(3):
+        assert np.isfinite(logits).all() and logits.std() > 0
+        logits = m.decode([int(logits.argmax())])
+    assert np.isfinite(logits).all()
+    return logits
+
+
+def last_logits(path, tokens: list[int]) -> np.ndarray:
+    m = LoadedModel(path)
+    try:
+        return m.decode(tokens)
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("family", gguf_gen.ISWA_FAMILIES)
+def test_sliding_window_families_load_with_their_window_and_decode(tmp_path, family):
+    path = gguf_gen.write_family_gguf(tmp_path / f"{family}.gguf", family, n_layer=6, sliding_window=8,
+                                      weight_std=0.3)
+    m = LoadedModel(path)
+    try:
+        assert llama_cpp.llama_model_n_swa(m.model) == 8
+        assert llama_cpp.llama_model_rope_type(m.model) == LLAMA_ROPE_TYPE_NEOX
+        logits = decodes_to_finite_logits(m)
+        if family == "gemma2":
+            assert np.abs(logits).max() <= gguf_gen.GEMMA2_SOFTCAP_FINAL  # final logits soft-capped
+        else:  # the linear rope scaling is the model's (global layers); sliding layers keep scale 1
+            assert llama_cpp.llama_model_rope_freq_scale_train(m.model) == pytest.approx(
+                1 / gguf_gen.GEMMA3_ROPE_LINEAR_FACTOR)
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("family, n_layer, has_global_layer", [
+    ("gemma2", 1, False), ("gemma2", 2, True),   # layer 1 is global
+    ("gemma3", 5, False), ("gemma3", 6, True),   # layer 5 is global
+])
+def test_only_a_global_layer_sees_past_the_sliding_windows(tmp_path, family, n_layer, has_global_layer):
+    """Window 4, 24 tokens: through sliding layers alone the last token reaches back n_layer * 3 < 23
+    tokens, so the first token cannot change its logits; a global layer sees it."""
+    path = gguf_gen.write_family_gguf(tmp_path / "m.gguf", family, n_layer=n_layer, sliding_window=4,
+                                      weight_std=0.3, seed=2)
+    rest = list(range(40, 63))
+    a, b = last_logits(path, [10] + rest), last_logits(path, [11] + rest)
+    if has_global_layer:
+        assert np.abs(a - b).max() > 1e-3
+    else:
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_partial_rotary_stablelm_loads_and_decodes(tmp_path):
+    path = gguf_gen.write_family_gguf(tmp_path / "stablelm.gguf", "stablelm", n_layer=2, weight_std=0.3)
+    fields = gguf.GGUFReader(path).fields
+    n_rot = int(fields["stablelm.rope.dimension_count"].parts[-1][0])
+    m = LoadedModel(path)
+    try:
+        head_dim = llama_cpp.llama_model_n_embd(m.model) // llama_cpp.llama_model_n_head(m.model)
+        assert n_rot == head_dim // 4  # RoPE on a quarter of each head, as StableLM 2
+        assert llama_cpp.llama_model_rope_type(m.model) == LLAMA_ROPE_TYPE_NEOX
+        decodes_to_finite_logits(m)
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("writer, recurrent, hybrid", [(gguf_gen.write_mamba_gguf, True, False),
+                                                        (gguf_gen.write_lfm2_gguf, False, True)])
+def test_recurrent_and_hybrid_models_load_and_carry_their_state_across_decodes(tmp_path, writer, recurrent, hybrid):
+    """Token by token through the recurrent state gives the logits of one batch."""
+    path = writer(tmp_path / "m.gguf", n_layer=3, weight_std=0.3)
+    m = LoadedModel(path)
+    try:
+        assert llama_cpp.llama_model_is_recurrent(m.model) == recurrent
+        assert llama_cpp.llama_model_is_hybrid(m.model) == hybrid
+        decodes_to_finite_logits(m)
+        tokens = m.tokenize(PROMPT)
+    finally:
+        m.close()
+    m = LoadedModel(path)
+    try:
+        for t in tokens:
+            stepwise = m.decode([t])
+    finally:
+        m.close()
+    np.testing.assert_allclose(stepwise, last_logits(path, tokens), rtol=0, atol=1e-3 * np.abs(stepwise).max())
