@@ -261,6 +261,7 @@ class Context:
         p.type_k, p.type_v = CACHE_TYPES[cfg.type_k], CACHE_TYPES[cfg.type_v]
         p.flash_attn_type = FLASH_ATTN[cfg.flash_attn]
         p.kv_unified = True
+        p.swa_full = cfg.hogwild  # sliding-window models: views keep every cell (see llama.h, hogwild)
         p.no_perf = True
         _log_lines.clear()
         self.ptr = ll.llama_init_from_model(model.ptr, p)

@@ -1,6 +1,8 @@
-"""Every RoPE family the generator writes (models/gguf_gen.py FAMILIES) keeps every view exact:
-NEOX-style RoPE, Q/K/V biases, QK-norm, llama-3 frequency factors, YaRN scaling, Phi-3's fused
-projections and long/short factors. The same properties as tests/test_cache.py, per family."""
+"""Every RoPE family the generator writes (models/gguf_gen.py FAMILIES and ISWA_FAMILIES) keeps every
+view exact: NEOX-style RoPE, Q/K/V biases, QK-norm, llama-3 frequency factors, YaRN scaling, Phi-3's
+fused projections and long/short factors, partial rotary dimensions (StableLM), and Gemma 2/3's
+interleaved sliding-window attention (iSWA: two caches, the window applied in each view's positions,
+per-layer RoPE bases and scaling, soft-capping). The same properties as tests/test_cache.py, per family."""
 
 import pytest
 
@@ -9,12 +11,17 @@ from hogwild_cpp.native import Model
 from models import gguf_gen
 from test_cache import CACHE_TYPES, NGL, check_shared_prefix_at_offsets, check_views_match_fresh_decodes
 
-FAMILIES = gguf_gen.FAMILIES
+FAMILIES = gguf_gen.FAMILIES + gguf_gen.ISWA_FAMILIES
+
+# a window shorter than the views of the tests, so that cells leave and re-enter windows; and enough
+# layers in the deep models for a global layer between sliding ones (Gemma 3: every sixth is global)
+SLIDING_WINDOW = 8
+DEEP_LAYERS = {"gemma3": 7}
 
 
 def family_model(path, family, n_layer, weight_std):
-    return Model(gguf_gen.write_family_gguf(path, family, n_layer=n_layer, seed=5, weight_std=weight_std),
-                 n_gpu_layers=NGL)
+    return Model(gguf_gen.write_family_gguf(path, family, n_layer=n_layer, seed=5, weight_std=weight_std,
+                                            sliding_window=SLIDING_WINDOW), n_gpu_layers=NGL)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +32,7 @@ def models(tmp_path_factory):
     for f in FAMILIES:
         out[f] = {"sharp": family_model(d / f"{f}-sharp.gguf", f, 1, 0.3),
                   "soft": family_model(d / f"{f}-soft.gguf", f, 1, 0.05),
-                  "deep": family_model(d / f"{f}-deep.gguf", f, 3, 0.3)}
+                  "deep": family_model(d / f"{f}-deep.gguf", f, DEEP_LAYERS.get(f, 3), 0.3)}
     yield out
     for m in out.values():
         for model in m.values():
