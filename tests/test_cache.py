@@ -20,7 +20,7 @@ import pytest
 
 from hogwild_cpp.cache import Block, SharedCache
 from hogwild_cpp.layouts import LAYOUTS
-from hogwild_cpp.native import Context, ContextConfig, ContextFull, Model, NativeError, recent_log
+from hogwild_cpp.native import Context, ContextConfig, ContextFull, Model, recent_log
 from hogwild_cpp.default_model import ModelNotInstalled, default_model
 from models import gguf_gen
 
@@ -423,6 +423,7 @@ def check_shared_prefix_at_offsets(model, n_workers, type_k, type_v, tol, n_step
     ctx.apply([share(0, w, 0, len(prompt), offset[w]) for w in range(1, n_workers)])
     own = [[] for _ in range(n_workers)]
     worst_err = worst_floor = 0.0
+    errs, floors = [], []
     for step in range(n_steps):
         if step == n_steps // 2:
             ctx.apply([fold(w) for w in range(1, n_workers)] + [shift(w, -1, -1, 3) for w in range(n_workers)])
@@ -437,16 +438,23 @@ def check_shared_prefix_at_offsets(model, n_workers, type_k, type_v, tol, n_step
             fresh = ref.logits(prompt + own[w])
             err = rel_l2(got[w], fresh)
             if noise_floor:
-                worst_err = max(worst_err, err)
-                worst_floor = max(worst_floor, rel_l2(ref.logits(prompt + own[w], start=offset[w]), fresh),
-                                  rel_l2(ref.logits_stepwise(prompt + own[w], len(prompt)), fresh),
-                                  rel_l2(ref.logits_reordered(prompt + own[w]), fresh) if flash == "on" else 0.0)
+                floor = max(rel_l2(ref.logits(prompt + own[w], start=offset[w]), fresh),
+                            rel_l2(ref.logits_stepwise(prompt + own[w], len(prompt)), fresh),
+                            rel_l2(ref.logits_reordered(prompt + own[w]), fresh) if flash == "on" else 0.0)
+                worst_err, worst_floor = max(worst_err, err), max(worst_floor, floor)
+                errs.append(err)
+                floors.append(floor)
             else:
                 assert err <= tol, f"worker {w}, step {step}: rel L2 {err:.2e} > {tol}"
     assert ctx.used_cells() == len(prompt) + sum(len(o) for o in own)
     if noise_floor:
-        print(f"worst rel L2 {worst_err:.2e}, stock noise {worst_floor:.2e}")
+        print(f"worst rel L2 {worst_err:.2e}, stock noise {worst_floor:.2e}; median {np.median(errs):.2e}, "
+              f"stock {np.median(floors):.2e}")
         assert worst_err <= 2 * worst_floor + tol, f"worst rel L2 {worst_err:.2e}, stock noise {worst_floor:.2e}"
+        # the worst case alone is loose where stock's own noise has outliers (Gemma 3 270M: 0.4 once in 32,
+        # median 0.05): the typical error must be stock's typical noise too
+        assert np.median(errs) <= 2 * np.median(floors) + tol, \
+            f"median rel L2 {np.median(errs):.2e}, stock noise {np.median(floors):.2e}"
     return worst_err
 
 

@@ -1,6 +1,5 @@
-"""The second real model, Gemma 3 270M (Q4_K_M, `make model-gemma3`), loads and decodes in stock mode.
-
-Hogwild views on Gemma 3 (sliding-window attention) are not tested here.
+"""The second real model, Gemma 3 270M (Q4_K_M, `make model-gemma3`): it loads and decodes in stock mode,
+and hogwild views on it (interleaved sliding-window attention: two KV caches) are as exact as stock.
 """
 
 import ctypes
@@ -99,3 +98,40 @@ def test_missing_chunks_name_the_make_target(tmp_path, monkeypatch):
     monkeypatch.setattr(dm, "GEMMA3_CHUNKS", [("no_such_gemma3_chunk_package", "data/x.part00")])
     with pytest.raises(ModelNotInstalled, match="make model-gemma3"):
         gemma3_model()
+
+
+# --- hogwild views on Gemma 3 (the equivalence tests of tests/test_cache.py on a real iSWA model) ---
+
+@pytest.mark.parametrize("flash", ["off", "on"])
+def test_one_worker_one_block_generates_exactly_like_stock_llama_cpp(model, flash):
+    from hogwild_cpp.cache import SharedCache
+    from test_cache import greedy as greedy_steps
+
+    prompt = model.tokenize(PROMPT, add_special=True)
+    stock = Context(model, ContextConfig(n_ctx=256, n_threads=2, flash_attn=flash, hogwild=False))
+    pos = [0]
+
+    def stock_step(toks):
+        items = [(t, pos[0] + i, 0, i == len(toks) - 1) for i, t in enumerate(toks)]
+        pos[0] += len(toks)
+        return stock.decode(items)[0]
+
+    ctx = Context(model, ContextConfig(n_ctx=256, n_threads=2, flash_attn=flash))
+    cache = SharedCache(ctx, 1)
+    cache.set_view(0, [cache.new_block("prompt").id])
+    try:
+        assert greedy_steps(model, lambda toks: cache.decode({0: toks})[0], prompt, 20) == \
+            greedy_steps(model, stock_step, prompt, 20)
+    finally:
+        ctx.close()
+        stock.close()
+
+
+@pytest.mark.parametrize("cache_type,flash", [("f16", "off"), ("f16", "on"), ("q8_0-kv", "on")])
+def test_shared_prefix_at_any_offset_is_as_exact_as_stock(model, cache_type, flash):
+    """Four views of one prompt at different offsets, folded and shifted half way (K rotated in both caches,
+    with each layer's RoPE base): every worker's logits within stock's own noise for the same tokens."""
+    from test_cache import CACHE_TYPES, check_shared_prefix_at_offsets
+
+    type_k, type_v, tol = CACHE_TYPES[cache_type]
+    check_shared_prefix_at_offsets(model, 4, type_k, type_v, tol, noise_floor=True, flash=flash)
