@@ -320,5 +320,101 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache
                                             indent=1))
 
 
+# --- serve: the run command's settings options, copied from `run` so that both stay the same ----
+
+# run's option (parameter name) -> the Settings field it sets; options run does not have are skipped
+_SERVE_SETTINGS = {"workers": "workers", "layout": "layout", "max_steps": "max_steps", "ctx_size": "n_ctx",
+                   "gpu_layers": "n_gpu_layers", "threads": "threads", "flash_attn": "flash_attn",
+                   "cache_type_k": "cache_type_k", "cache_type_v": "cache_type_v", "seed": "seed", "temp": "temp",
+                   "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "names": "names",
+                   "check_every": "check_every", "protocol_file": "protocol", "instructions_in": "instructions_in",
+                   "finisher_tokens": "finisher_tokens"}
+
+
+def _run_options(names):
+    """Decorator: give a command copies of `run`'s options of these parameter names."""
+    import copy
+
+    def decorate(f):
+        by_name = {p.name: p for p in run.params if isinstance(p, click.Option)}
+        params = [copy.copy(by_name[n]) for n in names if n in by_name]
+        f.__click_params__ = getattr(f, "__click_params__", []) + params[::-1]  # click reverses them
+        return f
+    return decorate
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default; 0.0.0.0: every interface, use --api-key).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--api-key", envvar="HOGWILD_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on /v1/* (/health stays open).")
+@click.option("--queue", "max_queue", default=8, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait while one runs; more are refused with 503 and Retry-After.")
+@click.option("--alias", help="The model's id in /v1/models and in responses (default: the file's name).")
+@_run_options([*_SERVE_SETTINGS, "verbose"])
+def serve(model, host, port, api_key, max_queue, alias, **opts):
+    """An OpenAI-compatible server: each request is a run of the workers (see README, Serving).
+
+    POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, GET /health.
+    The options below are the defaults of every request, which may change the run's settings in
+    an extra `hogwild` object and the usual sampling fields. One run at a time; Ctrl-C stops."""
+    import signal
+    import socket
+
+    import hogwild_cpp
+    from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings
+    from hogwild_cpp.errors import Unsupported
+
+    values = {field: opts[opt] for opt, field in _SERVE_SETTINGS.items() if opt in opts and opts[opt] is not None}
+    if values.get("names"):
+        values["names"] = [n.strip() for n in values["names"].split(",")]
+    try:
+        settings = Settings(**values)
+        settings.check()
+    except BadInput as exc:
+        raise InputError(str(exc))
+    try:
+        from hogwild_cpp.server import Server, create_app, listen
+    except ImportError as exc:
+        raise click.ClickException(f"serving needs fastapi and uvicorn ({exc}): pip install -e .")
+    try:  # listen first: a taken port is a one-line error before the model loads
+        sock = listen(host, port)
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    hogwild_cpp.set_verbose(bool(opts.get("verbose")))
+    try:
+        hw = Hogwild(model, settings)
+    except Unsupported as exc:
+        sock.close()
+        raise InputError(f"{model.name} cannot run as hogwild workers: {exc}")
+    except BadInput as exc:
+        sock.close()
+        raise InputError(str(exc))
+    except RunFailure as exc:
+        sock.close()
+        raise click.ClickException(str(exc))
+    app = create_app(hw, model_id=alias, api_key=api_key, max_queue=max_queue)
+    bound = sock.getsockname()
+    url = f"http://{'[' + bound[0] + ']' if sock.family == socket.AF_INET6 else bound[0]}:{bound[1]}"
+    print(f"hogwild serve: {model.name}, {settings.workers} workers ({settings.layout}), {settings.max_steps} steps "
+          f"a request; {max_queue} may wait; API key {'required' if api_key else 'off'}\n"
+          f"  {url}/v1  (OpenAI API)   {url}/health   Ctrl-C stops", file=sys.stderr, flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: listening on {host} without --api-key: anyone who can reach it can use it",
+              file=sys.stderr)
+    server = Server(app, log_level="info" if opts.get("verbose") else "warning", timeout_graceful_shutdown=5)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C, once uvicorn has shut down
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, after its clean shutdown
+        pass
+    finally:
+        sock.close()
+        hw.close()
+    print("hogwild serve: stopped", file=sys.stderr)
+
+
 if __name__ == "__main__":
     main()
