@@ -18,7 +18,7 @@ import numpy as np
 from . import errors
 from .settings import CACHE_TYPES, FLASH_ATTN
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 class NativeError(errors.RunFailure):
@@ -115,6 +115,9 @@ _flash_attn = _bind("llama_hogwild_flash_attn", [ll.llama_context_p_ctypes], cty
 _last_shadows = _bind("llama_hogwild_last_shadows", [ll.llama_context_p_ctypes, ctypes.POINTER(ctypes.c_int32),
                                                      ctypes.POINTER(ctypes.c_int32)], None)
 _last_error = _bind("llama_hogwild_last_error", [], ctypes.c_char_p)
+_sample = _bind("llama_hogwild_sample", [ll.llama_context_p_ctypes, ctypes.POINTER(ctypes.c_int32),
+                                         ctypes.POINTER(ll.llama_sampler_p_ctypes), ctypes.c_int32, ctypes.c_int32,
+                                         ctypes.POINTER(ctypes.c_int32)], ctypes.c_int32)
 
 if _abi_version() != ABI_VERSION:
     raise NativeError(f"hogwild ABI {_abi_version()} in the library, {ABI_VERSION} expected; run `make build`")
@@ -313,12 +316,14 @@ class Context:
         """Bytes a state save would take (0 when llama.cpp refuses to save)."""
         return ll.llama_state_get_size(self.ptr)
 
-    def decode(self, items: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
+    def decode(self, items: list[tuple[int, int, int, bool]], copy_logits: bool = True) -> list:
         """Decode (token, pos, seq, want_logits) items, in chunks of n_batch.
 
-        Returns the logits of each item that asked for them, in order.
+        Returns the logits of each item that asked for them, in order; with copy_logits=False, their
+        output indices in this decode instead (for `sample` and `logits`: no vocabulary-sized copy), which
+        needs the items that ask for logits to be in the last chunk.
         """
-        logits: list[np.ndarray] = []
+        logits: list = []
         n_batch = self.cfg.n_batch
         for c0 in range(0, len(items), n_batch):
             chunk = items[c0:c0 + n_batch]
@@ -334,11 +339,36 @@ class Context:
                 raise ContextFull(f"the KV cache is full ({self.n_ctx} cells): {reason()}")
             if rc != 0:
                 raise NativeError(f"llama_decode failed ({rc}): {reason()}")
+            last = c0 + n_batch >= len(items)
             for i, (_, _, _, want) in enumerate(chunk):
-                if want:
-                    ptr = ll.llama_get_logits_ith(self.ptr, i)
-                    logits.append(np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy())
+                if want and copy_logits:
+                    logits.append(self.logits(i))
+                elif want:
+                    if not last:
+                        raise NativeError("outputs without a copy of their logits must be in the last batch")
+                    logits.append(i)
         return logits
+
+    def logits(self, output: int) -> np.ndarray:
+        """A copy of the logits of output `output` of the last decode."""
+        ptr = ll.llama_get_logits_ith(self.ptr, output)
+        if not ptr:
+            raise NativeError(f"output {output} of the last decode has no logits")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def sample(self, outputs: list[int], samplers: list[Sampler], n_threads: int | None = None) -> list[int]:
+        """One token for each output of the last decode, with its sampler, in one native call (the chains run
+        in parallel, up to n_threads; default: the context's threads); each sampler accepts its token."""
+        n = len(outputs)
+        if n == 0:
+            return []
+        idxs = (ctypes.c_int32 * n)(*outputs)
+        chains = (ll.llama_sampler_p_ctypes * n)(*[s.chain for s in samplers])
+        tokens = (ctypes.c_int32 * n)()
+        threads = n_threads or self.cfg.n_threads or os.cpu_count() or 1
+        if _sample(self.ptr, idxs, chains, n, threads, tokens) != 0:
+            raise NativeError(_last_error().decode())
+        return list(tokens)
 
     def close(self) -> None:
         if getattr(self, "ptr", None):

@@ -503,3 +503,25 @@ def test_cuda_without_tf32_stock_decodes_do_not_depend_on_the_batch_size(deep_mo
     ref = Reference(deep_model, "f32", "f32")
     toks = list(range(10, 50))
     assert rel_l2(ref.logits_stepwise(toks, 8), ref.logits(toks)) <= 1e-5
+
+
+@pytest.mark.parametrize("temp", [0.0, 0.8])
+def test_sampling_every_worker_in_one_native_call_equals_sampling_copied_logits(tiny_models, temp):
+    """Context.sample (llama_hogwild_sample: the chains run in parallel, over llama.cpp's own logits) picks
+    what each worker's sampler picks from a copy of its logits, and advances the chains the same way."""
+    from hogwild_cpp.native import Sampler
+
+    model = tiny_models["gqa"]
+    ctx = Context(model, ContextConfig(n_ctx=256, n_seq_max=4, n_threads=2))
+    fast = [Sampler(model.n_vocab, temp, seed=10 + w) for w in range(4)]
+    slow = [Sampler(model.n_vocab, temp, seed=10 + w) for w in range(4)]
+    rng = random.Random(3)
+    for pos in range(6):
+        items = [(rng.randrange(3, model.n_vocab), pos, w, True) for w in range(4)]
+        outputs = ctx.decode(items, copy_logits=False)
+        assert outputs == [0, 1, 2, 3]
+        copies = [ctx.logits(i) for i in outputs]
+        assert ctx.sample(outputs, fast) == [s.sample(lg) for s, lg in zip(slow, copies)]
+    for s in fast + slow:
+        s.close()
+    ctx.close()
