@@ -99,8 +99,11 @@ class SharedCache:
         """A block's length for laying out views: with the tokens the current decode appends."""
         return len(self.blocks[bid].tokens) + self._growing.get(bid, 0)
 
-    def sync(self) -> None:
+    def sync(self, defer: bool = False) -> list:
         """Make the cache match the views: park unseen blocks, move, share, drop, fold, set tails.
+
+        defer: return the last operations instead of applying them (the caller adds its own and applies
+        them in one native call); the bookkeeping is done either way.
 
         Unseen blocks are dropped only after the shares, so a block can pass from one view to another.
         Each view is looked at only from its first block that changed (joined, left or grew) since
@@ -117,23 +120,27 @@ class SharedCache:
             moved |= self._move(seq, view, first[seq], ops)
         for seq, view in enumerate(self.views):
             moved |= self._share(seq, view, first[seq], ops)
-        self.ctx.apply(ops)
+        if dropping:  # the drops are stock removals: they go between the shares and the folds
+            self.ctx.apply(ops)
+            ops = []
         for seq, bid in dropping:
             pl = self._placed[seq].pop(bid)
             self.ctx.seq_rm(seq, pl.start, pl.start + pl.length)
-        ops = []
         self._fold(moved, ops)
         for seq, view in enumerate(self.views):
             tail_delta = self._tail_of(seq, view)
             if tail_delta != self._tail[seq]:
                 ops.append(tail(seq, tail_delta))
                 self._tail[seq] = tail_delta
-        self.ctx.apply(ops)
         for seq, view in enumerate(self.views):
             if changed[seq]:
                 self._synced[seq] = list(view)
                 self._index[seq] = {bid: i for i, bid in enumerate(view)}
         self._grown.clear()
+        if defer:
+            return ops
+        self.ctx.apply(ops)
+        return []
 
     def _first_change(self, seq: int, view: list[int], changed: bool) -> int:
         """Index of the first block of `view` whose place or length may differ from the last sync."""
@@ -242,14 +249,17 @@ class SharedCache:
 
     # --- decoding -----------------------------------------------------------
 
-    def decode(self, appends: dict[int, list[int]], heads: dict[int, list[int]] | None = None) -> dict[int, np.ndarray]:
+    def decode(self, appends: dict[int, list[int]], heads: dict[int, list[int]] | None = None,
+               copy_logits: bool = True) -> dict[int, np.ndarray | int]:
         """Append tokens to the last block of each given view, in one batched decode.
 
         Every view that holds a block being appended to sees its new tokens in this same decode, at
         its own positions (same-step visibility); a view's own new tokens come after them.
         `heads[seq]`, if given, goes first into the block before the last, which must then be
         empty: a separator and the step it introduces, written in one batch and adjacent.
-        Returns each view's logits after its last new token.
+        Returns each view's logits after its last new token (copy_logits=False: its output index in the
+        context's last decode, for Context.sample / Context.logits). The step's cache operations go to
+        llama.cpp in one call (two when a block leaves a view).
         """
         appends = {seq: toks for seq, toks in appends.items() if toks}
         heads = {seq: h for seq, h in (heads or {}).items() if h and seq in appends}
@@ -271,11 +281,12 @@ class SharedCache:
                                "the workers would not see each other's tokens")
         self._growing = {b.id: len(t) for _, b, t, _ in writes}
         try:
-            self.sync()
+            ops = self.sync(defer=True)
             for seq, b, _, _ in writes:
                 if b.writer is None:  # a new block is stored where its writer sees it
                     b.writer, b.canon = seq, self._placed[seq][b.id].start - self._tail[seq]
-            followers = self._follow(appends, heads)
+            follow_ops, followers = self._follow(appends, heads)
+            self.ctx.apply(ops + follow_ops)
         finally:
             self._growing = {}
         items = []
@@ -284,7 +295,7 @@ class SharedCache:
             items += [(t, pos0 + i, seq, wants_logits and i == len(ts) - 1)
                       for i, t in enumerate(ts)]
         try:
-            logits = self.ctx.decode(items)
+            logits = self.ctx.decode(items, copy_logits=copy_logits)
         except BaseException:
             self._grown |= {b.id for _, b, _, _ in writes}  # the views were laid out for tokens that did not come
             raise
@@ -299,8 +310,8 @@ class SharedCache:
                 k += 1
         return out
 
-    def _follow(self, appends: dict[int, list[int]], heads: dict[int, list[int]]) -> dict[int, list[int]]:
-        """Tell the cache which views see each writer's new tokens, and where; returns the followers.
+    def _follow(self, appends: dict[int, list[int]], heads: dict[int, list[int]]):
+        """Which views see each writer's new tokens, and where: (the FOLLOW operations, the followers).
 
         A view follows a writer when it holds the block being appended to (and the head block, at the
         same offset): the new tokens go there at the view's positions as they are stored.
@@ -319,6 +330,5 @@ class SharedCache:
                 if len(deltas) == 1:
                     ops.append(follow(seq, s, deltas.pop()))
                     followers.setdefault(seq, []).append(s)
-        self.ctx.apply(ops)
         self._following = set(followers)
-        return followers
+        return ops, followers
