@@ -171,23 +171,33 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--names", help="Comma-separated worker names (default: Alice, Bob, ...).")
-@click.option("--check-every", default=1024, show_default=True, type=click.IntRange(0),
-              help="Ask 'am I doing redundant work?' every N tokens of history (0: never).")
+@click.option("--check-every", default=None, type=click.IntRange(0),
+              help="Open a step with the self-check question every N tokens of finished steps "
+                   "(0: never; default: the protocol's, 256).")
+@click.option("--protocol", "protocol_file", type=click.Path(path_type=Path),
+              help="A TOML or JSON file overriding the texts the engine writes (headers, markers, prompts, "
+                   "openers, self-check, finisher); see `hogwild protocol`.")
+@click.option("--instructions-in", type=click.Choice(["user", "system"]), default=None,
+              help="Put the rules in the user message, before the problem (the protocol's default, as the "
+                   "paper does) or in the system message.")
+@click.option("--finisher-tokens", type=click.IntRange(0), default=None,
+              help="At the budget with no answer, at most N greedy tokens to close the \\boxed{...} "
+                   "(0: no finisher; default: the protocol's, 16).")
 @click.option("--trace", "trace_file", type=click.Path(path_type=Path), help="Write the JSONL trace here.")
 @click.option("--output", "output_file", type=click.Path(path_type=Path), help="Write the result as JSON here.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 @click.option("--quiet", is_flag=True, help="Print only the answer.")
 @click.option("--no-color", is_flag=True, help="No colours.")
 def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, threads, flash_attn, cache_type_k,
-        cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every, trace_file, output_file, verbose, quiet,
-        no_color):
+        cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every, protocol_file, instructions_in,
+        finisher_tokens, trace_file, output_file, verbose, quiet, no_color):
     """Solve the problem in PROMPT_FILE ('-': stdin) with several workers over one shared KV cache."""
     import json
     import signal
     from dataclasses import asdict
 
     import hogwild_cpp
-    from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings
+    from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings, protocol
     from hogwild_cpp.errors import Unsupported
     from hogwild_cpp.engine import DoneEvent, Progress, StepEvent, TokenEvent
 
@@ -197,8 +207,10 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
     settings = Settings(workers=workers, layout=layout, names=[n.strip() for n in names.split(",")] if names else None,
                         max_steps=max_steps, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads, seed=seed,
                         temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, check_every=check_every,
-                        flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+                        flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                        instructions_in=instructions_in, finisher_tokens=finisher_tokens)
     try:
+        settings.protocol = protocol.load(protocol_file) if protocol_file is not None else None
         settings.check()
     except BadInput as exc:
         raise InputError(str(exc))
@@ -238,7 +250,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
     except RunFailure as exc:
         raise click.ClickException(str(exc))
     view.flush()
-    click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  (stop: {result.reason})")
+    click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  ({_how(result)})")
     failures = []
     if run.trace_error is not None:
         failures.append(f"the trace was not written: {trace_file} ({run.trace_error.strerror or run.trace_error})")
@@ -257,6 +269,15 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
         raise click.ClickException("; ".join(failures))
     if result.reason == "interrupted":
         sys.exit(130)
+
+
+def _how(result) -> str:
+    """The stop reason, and who wrote the answer."""
+    if result.answer_source == "worker":
+        return f"stop: {result.reason}; written by {result.answer_worker}"
+    if result.answer_source == "finisher":
+        return f"stop: {result.reason}; forced by the finisher"
+    return f"stop: {result.reason}"
 
 
 def _read_prompt(path: Path) -> str:
@@ -318,6 +339,25 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache
     if json_file:
         _write_atomic(json_file, json.dumps({"rows": [asdict(r) for r in rows], "kernel_profiles": profiles},
                                             indent=1))
+
+
+@main.command("protocol")
+@click.argument("protocol_file", required=False, type=click.Path(path_type=Path))
+def protocol_cmd(protocol_file):
+    """Print the default protocol file (every text the engine writes), or PROTOCOL_FILE merged over
+    it, as JSON: a starting point for `hogwild run --protocol FILE`."""
+    import json
+
+    from hogwild_cpp import BadInput, protocol
+
+    if protocol_file is None:
+        click.echo(protocol.DEFAULT_FILE.read_text(encoding="utf-8"), nl=False)
+        return
+    try:
+        p = protocol.load(protocol_file)
+    except BadInput as exc:
+        raise InputError(str(exc))
+    click.echo(json.dumps(p.to_dict(), indent=1, ensure_ascii=False))
 
 
 # --- serve: the run command's settings options, copied from `run` so that both stay the same ----

@@ -7,6 +7,7 @@ The public API, and the command line's only way in:
     result = hw.run(problem)                          # a Result
     for event in hw.stream(problem): ...              # Progress, TokenEvent, StepEvent, DoneEvent
     run = hw.start(problem, trace="trace.jsonl")      # a Run: its names, events(), stop(), trace_error
+    Hogwild("model.gguf", protocol="my_protocol.toml")   # every text the engine writes (load_protocol)
 
 Failures: `errors.BadInput` (the model, the prompt or a setting cannot work), `errors.RunFailure`
 (the run could not go on); anything else is a bug.
@@ -15,11 +16,13 @@ Failures: `errors.BadInput` (the model, the prompt or a setting cannot work), `e
 from __future__ import annotations
 
 from .errors import BadInput, HogwildError, RunFailure
+from .protocol import Protocol
+from .protocol import load as load_protocol
 from .settings import Settings
 
 __version__ = "0.1.0"
-__all__ = ["Hogwild", "Run", "Settings", "BadInput", "HogwildError", "RunFailure", "gpu_offload_supported",
-           "set_verbose"]
+__all__ = ["Hogwild", "Run", "Settings", "Protocol", "load_protocol", "BadInput", "HogwildError", "RunFailure",
+           "gpu_offload_supported", "set_verbose"]
 
 
 def gpu_offload_supported() -> bool:

@@ -1,8 +1,8 @@
 """Decode-step timings: hogwild views against plain llama.cpp, in one process and one run.
 
 For W workers at context length L (tokens in each worker's view):
-  hogwild   one step of W workers over the engine's combined layout (prompt, history, a header,
-            each worker's current step after its separator, the viewer's own last)
+  hogwild   one step of W workers over the engine's combined layout (prompt, history header, history,
+            others header, each other worker's current step and its marker, own header, own step)
   batched   one step of W sequences of length L with stock llama.cpp (prefix shared by seq_cp),
             timed in turn with the hogwild step, in the same process, so a noisy machine's drift
             hits both alike
@@ -102,49 +102,75 @@ def kernel_profile(fn, steps: int = 5) -> dict | None:
 
 @dataclass
 class _StepBlocks:
-    """A bench worker: the blocks of its unfinished step (what a Layout reads of a worker)."""
+    """A bench worker: what a Layout reads of a worker (its unfinished step, marker, own header)."""
     step: object
-    separator: object = None
+    marker: object = None
+    own_header: object = None
+
+
+def _layout_lengths(model: Model) -> dict[str, int]:
+    """Tokens of the default protocol's layout texts: the bench's headers and markers are that long."""
+    from .protocol import default
+
+    p = default()
+    return {k: len(model.tokenize(p[f"layout.{k}"])) for k in ("history_header", "others_header", "marker",
+                                                                "own_header")}
 
 
 def hogwild_setup(model: Model, workers: int, ctx_len: int, steps: int, threads: int, rng, flash_attn: str = "off",
                   cache=("f16", "f16"), layout: Layout = COMBINED):
-    """ctx_len tokens a view in the engine's layout (its own Layout object): a prompt, a history of
-    STEP_LEN-token finished steps, the layout's header, every worker's unfinished step; returns
-    (one decode step of every worker, the SharedCache)."""
+    """ctx_len tokens a view in the engine's layout (its own Layout object), blocks placed as the engine
+    places them: a prompt, the history header, a history of STEP_LEN-token finished steps, the others
+    header, every worker's unfinished step, each other worker's marker, the own header; markers and
+    own headers written through a keeper sequence (engine.py); returns (one decode step of every
+    worker, the SharedCache)."""
+    # the protocol's lengths (a byte-level test vocabulary: capped, so that tiny contexts still fit)
+    L = {k: min(n, max(1, ctx_len // 16)) for k, n in _layout_lengths(model).items()}
     # room after the used cells for the per-view copies of the steps being written (patches/README.md)
-    n_ctx = ctx_len + (workers + 1) * (steps + 8) + 64 + 4 * workers * workers * (STEP_LEN + steps + 16) + 512
-    ctx = Context(model, _config(n_ctx, workers, threads, flash_attn, cache=cache))
-    c = SharedCache(ctx, workers)
+    n_ctx = ctx_len + (workers + 1) * (steps + 8) + 64 + 4 * workers * workers * (STEP_LEN + steps + 32) + 512
+    ctx = Context(model, _config(n_ctx, workers + 1, threads, flash_attn, cache=cache))
+    keeper = workers
+    c = SharedCache(ctx, workers + 1)
     own = max(1, min(STEP_LEN, ctx_len // (4 * workers)))
-    # a view holds the shared blocks, its header, and its own step (and the others' steps if it shows them)
-    step_len = own + (1 if layout.separators else 0)
-    shared = ctx_len - step_len * (workers if layout.shows_others else 1) - (12 if layout.header else 0)
+    # a view holds the shared blocks, its headers, the others' markers and steps (if it shows them), its own step
+    per_view = (own + L["marker"]) * (workers - 1) + own if layout.shows_others else own
+    per_view += L["history_header"] * layout.history + L["others_header"] * layout.header
+    per_view += L["own_header"] * layout.own_header
+    shared = max(2, ctx_len - per_view)
     prompt_len = max(1, shared // 4)
     prompt = c.new_block("prompt")
+    kept = [prompt.id]
+    c.set_view(keeper, kept)
+    c.decode({keeper: _tokens(rng, prompt_len, model.n_vocab)})
+
+    def write(seq, view, kind, n):
+        b = c.new_block(kind)
+        c.set_view(seq, [*view, b.id])
+        c.decode({seq: _tokens(rng, n, model.n_vocab)})
+        view.append(b.id)
+        return b
+
+    hh = write(keeper, kept, "history-header", L["history_header"]) if layout.history else None
     history = []
-    c.set_view(0, [prompt.id])
-    c.decode({0: _tokens(rng, prompt_len, model.n_vocab)})
     left = shared - prompt_len
-    while left > 0:  # finished steps, written one after another
-        n = min(STEP_LEN, left)
-        b = c.new_block("step")
+    while layout.history and left > 0:  # finished steps, written one after another
+        b = write(0, [i for i in (prompt.id, hh.id, *history)], "step", min(STEP_LEN, left))
         history.append(b.id)
-        c.set_view(0, [prompt.id, *history])
-        c.decode({0: _tokens(rng, n, model.n_vocab)})
-        left -= n
-    header = None
-    if layout.header:
-        header = c.new_block("separator")
-        c.set_view(0, [prompt.id, *history, header.id])
-        c.decode({0: _tokens(rng, 12, model.n_vocab)})
-    ws = [_StepBlocks(c.new_block("step"), c.new_block("separator") if layout.separators else None)
-          for _ in range(workers)]
+        left -= STEP_LEN
+    before = [prompt.id, hh.id, *history] if layout.history else [prompt.id]
+    oh = write(0, list(before), "others-header", L["others_header"]) if layout.header else None
+    ws = [_StepBlocks(c.new_block("step")) for _ in range(workers)]
+    if workers > 1:
+        for w in ws:
+            w.marker = write(keeper, kept, "marker", L["marker"]) if layout.markers else None
+            w.own_header = write(keeper, kept, "own-header", L["own_header"]) if layout.own_header else None
+    elif layout.own_header:
+        ws[0].own_header = write(0, [*before, *([oh.id] if oh else [])], "own-header", L["own_header"])
+    ids = dict(header=oh.id if oh else None, history_header=hh.id if hh else None)
     for w, blocks in enumerate(ws):
-        c.set_view(w, layout.view(blocks, ws, prompt.id, history, header.id if header else None))
-    # every worker's first tokens in one decode (the separators with them, as the engine writes them)
-    c.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)},
-             heads={w: _tokens(rng, 1, model.n_vocab) for w in range(workers)} if layout.separators else None)
+        c.set_view(w, layout.view(blocks, ws, prompt.id, history, **ids))
+    # every worker's first tokens in one decode
+    c.decode({w: _tokens(rng, own, model.n_vocab) for w in range(workers)})
 
     def step():
         c.decode({w: [rng.randrange(3, model.n_vocab)] for w in range(workers)})

@@ -1,9 +1,15 @@
 """The step loop: one batched llama_decode per step for all workers over one shared KV cache.
 
 The engine prints nothing: `Engine.stream` yields events (tokens, finished steps, progress, done);
-the CLI and the Python API consume them. A run goes: `_prefill` (the prompt, once), then per step
-`_decode_step` (every worker's pending tokens in one decode) and `_advance` (each worker samples,
-or its finished step joins the history), then `_finish` at the budget.
+the CLI and the Python API consume them. A run goes: `_prefill` (the prompt and the layout's
+headers and markers, once), then per step `_decode_step` (every worker's pending tokens in one
+decode) and `_advance` (each worker samples, or its finished step is committed), then, at the
+budget without an answer, `_finish` (the finisher reads everyone's text and writes the answer).
+
+Sequences: worker w is sequence w; sequence W is the *keeper*, which never decodes during the run.
+It holds the blocks that sit at a different place in every view and move every step (markers, own
+headers) at the place they were written, so that no fold (a K-shift of the cache) is ever issued
+for them, and the blocks only the finisher reads; at the end the finisher writes through it.
 """
 
 from __future__ import annotations
@@ -50,13 +56,15 @@ class Result:
     answer: str | None
     reason: str                     # answer | budget | eos | ctx_full | interrupted
     texts: dict[str, str]           # each worker's steps, in order
-    transcript: str                 # the shared history, as the last view saw it
+    transcript: str                 # everyone's text: the prompt, the history, every current step
     prompt_tokens: int = 0
     prompt_s: float = 0.0
     generated: dict[str, int] = field(default_factory=dict)
     generate_s: float = 0.0
     steps: int = 0
-    finisher: str = ""
+    finisher: str = ""              # what the finisher wrote after its own text ("" if it did not run)
+    answer_source: str | None = None    # "worker": written by a worker; "finisher": forced at the budget
+    answer_worker: str | None = None    # the worker who wrote it
 
 
 @dataclass
@@ -72,11 +80,12 @@ class Worker:
     sampler: Sampler
     step_no: int = 0
     step: Block | None = None               # the step being written
-    separator: Block | None = None          # the blank line before it (layouts with separators)
+    done: list[int] = field(default_factory=list)  # its finished steps (contiguous: its workspace)
+    marker: Block | None = None             # after its unfinished step in the others' views
+    own_header: Block | None = None         # before its own step (or workspace) in its own view
     pending: list[int] = field(default_factory=list)      # tokens for the next decode
-    pending_sep: list[int] = field(default_factory=list)  # separator tokens, written with them
-    text: str = ""                          # the current step's text so far
-    finishing: bool = False                 # its last token is sampled: the step joins the history once decoded
+    text: str = ""                          # the current step's text so far (what the worker sampled)
+    finishing: bool = False                 # its last token is sampled: the step is committed once decoded
     generated: int = 0
 
 
@@ -85,32 +94,45 @@ class Engine:
         settings.check()
         s = settings
         self.model, self.s, self.layout = model, s, LAYOUTS[s.layout]
+        self.protocol = P.resolve(s.protocol)
+        p = self.protocol
+        self.instructions_in = s.instructions_in or p["prompt.instructions_in"]
+        self.check_every = p["check.every"] if s.check_every is None else s.check_every
+        self.finisher_tokens = p["finisher.tokens"] if s.finisher_tokens is None else s.finisher_tokens
         names = s.names or P.default_names(s.workers)
         n_ctx = s.n_ctx or min(model.n_ctx_train, 8192)
+        self.keeper = s.workers  # the sequence that holds blocks for the views and writes the finisher
         self.trace = TraceWriter(trace_path) if trace_path else None  # first: an unwritable path costs nothing
         try:
-            self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers,
+            self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers + 1,
                                                     n_threads=s.threads, type_k=s.cache_type_k,
                                                     type_v=s.cache_type_v, flash_attn=s.flash_attn))
         except BaseException:
             if self.trace is not None:
                 self.trace.discard()
             raise
-        self.cache = SharedCache(self.ctx, s.workers)
+        self.cache = SharedCache(self.ctx, s.workers + 1)
+        self.thinking = P.thinking_section(model.chat_template(), p)
         special = model.special_tokens()
         banned = {t for k, t in special.items() if k != "eos" or not s.stop_on_eos}
-        think_end = model.tokenize("</think>", parse_special=True)
-        if len(think_end) == 1:  # a model with a reasoning-end token must not close its reasoning
-            banned.add(think_end[0])
+        self.think_end = None
+        if self.thinking is not None:  # the workers write inside the thinking section: they must not close it
+            end = model.tokenize(self.thinking.close.strip(), parse_special=True)
+            if len(end) == 1:
+                self.think_end = end[0]
+                banned.add(end[0])
         self.banned = sorted(banned)
         self.workers = [Worker(w, name, Sampler(model.n_vocab, s.temp, s.top_k, s.top_p, s.min_p, s.seed + w,
                                                 self.banned))
                         for w, name in enumerate(names)]
         self.names = names
+        self.examples = p.example_answers(names, self.layout)  # \boxed{} contents of our own texts
         self.stop_requested = False
         self.prompt: Block | None = None
-        self.header: Block | None = None
+        self.history_header: Block | None = None
+        self.others_header: Block | None = None
         self.history: list[int] = []
+        self.finished_tokens = 0
         self.checks_done = 0
 
     # --- the loop -------------------------------------------------------------
@@ -120,7 +142,7 @@ class Engine:
         self._trace_header()
         yield from self._prefill(problem)
         prompt_s = time.perf_counter() - t0
-        reason, answer, step, t1 = "budget", None, 0, time.perf_counter()
+        reason, answer, by, step, t1 = "budget", None, None, 0, time.perf_counter()
         for step in range(self.s.max_steps):
             if self.stop_requested:
                 reason = "interrupted"
@@ -133,7 +155,9 @@ class Engine:
             for w in writers:
                 finished = yield from self._advance(w, step, logits[w.index])
                 if finished is not None:
-                    answer = P.extract_boxed(finished) or answer
+                    found = P.extract_boxed(finished, self.examples)
+                    if found is not None:
+                        answer, by = found, w.name
                 elif self.model.is_eog(w.pending[0]) and self.s.stop_on_eos:
                     reason = "eos"
             if answer is not None:
@@ -142,73 +166,131 @@ class Engine:
             if reason == "eos":
                 break
         generate_s = time.perf_counter() - t1
-        finisher = ""
-        if reason in ("budget", "ctx_full") and answer is None:
-            finisher, answer = self._finish()
+        if answer is None:  # an answer in a step its writer had not finished yet
+            for w in self.workers:
+                found = P.extract_boxed(w.text, self.examples)
+                if found is not None:
+                    answer, by = found, w.name
+        source = "worker" if answer is not None else None
+        finisher, fin_block = "", None
+        if reason in ("budget", "ctx_full") and answer is None and self.finisher_tokens > 0:
+            self._decode_step()  # the workers' last sampled tokens (and fresh steps' labels) join their steps
+            finisher, answer, fin_block = self._finish()
+            source = "finisher" if answer is not None else None
+        everyone = self._full_view() + ([fin_block.id] if fin_block is not None else [])
         result = Result(answer=answer, reason=reason, texts={w.name: self._worker_text(w) for w in self.workers},
-                        transcript=self.model.detokenize(self.cache.materialize(0)),
+                        transcript=self.model.detokenize([t for b in everyone for t in self.cache.blocks[b].tokens]),
                         prompt_tokens=len(self.prompt.tokens), prompt_s=prompt_s,
                         generated={w.name: w.generated for w in self.workers}, generate_s=generate_s,
-                        steps=step + 1, finisher=finisher)
+                        steps=step + 1, finisher=finisher, answer_source=source, answer_worker=by)
         if self.trace:
-            self.trace.end(self.cache.blocks.values(), result.reason, result.answer)
+            self.trace.end(self.cache.blocks.values(), result.reason, result.answer, source, by)
         yield DoneEvent(result)
 
+    # --- the prompt and the layout's blocks -------------------------------------
+
     def _prefill(self, problem: str) -> Iterator[Progress]:
-        """The prompt (in chunks, with progress), the layout's header, and every worker's first step."""
-        c, W = self.cache, self.s.workers
-        toks = self.model.tokenize(P.chat_prompt(self.model, self.names, self.layout, problem), add_special=True)
-        need = len(toks) + 64 * W  # room for the header and a first step of every worker
+        """The prompt (in chunks, with progress), the layout's headers and markers, every worker's first step.
+
+        Written through the keeper: the prompt, the history header, and the blocks that move in the
+        views every step (markers, and own headers when there are others) or that only the finisher
+        reads. The others header and a lone worker's own header stay where the views hold them (they
+        move only when a step is committed, and are folded then).
+        """
+        c, W, p, lay, k = self.cache, self.s.workers, self.protocol, self.layout, self.keeper
+        text = P.chat_prompt(self.model, self.names, lay, problem, p, self.instructions_in, self.thinking)
+        toks = self.model.tokenize(text, add_special=True)
+        texts = {key: self.model.tokenize(p[f"layout.{key}"]) for key in
+                 ("history_header", "others_header", "marker", "own_header", "own_workspace_header")}
+        need = len(toks) + sum(map(len, texts.values())) * (W + 1) + 64 * W  # and a first step each
         if need > self.ctx.n_ctx:
             raise BadInput(f"the prompt ({len(toks)} tokens) and {W} workers do not fit the context "
                            f"({self.ctx.n_ctx} tokens): use -c {need} or more")
         self.prompt = c.new_block("prompt")
-        c.set_view(0, [self.prompt.id])
+        kept = [self.prompt.id]
+        c.set_view(k, kept)
         for i in range(0, len(toks), self.s.n_batch):
-            c.decode({0: toks[i:i + self.s.n_batch]})
+            c.decode({k: toks[i:i + self.s.n_batch]})
             yield Progress(min(i + self.s.n_batch, len(toks)), len(toks))
-        if self.layout.header:
-            self.header = c.new_block("separator")
-            c.set_view(0, [self.prompt.id, self.header.id])
-            c.decode({0: self.model.tokenize(P.OTHERS_HEADER)})
+
+        def write(seq: int, view: list[int], kind: str, tokens: list[int], owner: str | None = None):
+            if not tokens:
+                return None
+            b = c.new_block(kind, owner=owner)
+            c.set_view(seq, [*view, b.id])
+            c.decode({seq: tokens})
+            view.append(b.id)
+            return b
+
+        if lay.history:  # the finisher reads the history under its header in every layout that has one
+            self.history_header = write(k, kept, "history-header", texts["history_header"])
+        if lay.header:  # held by the views, after the history
+            view = list(kept)
+            self.others_header = write(0, view, "others-header", texts["others_header"])
+        elif lay.history:  # for the finisher only
+            self.others_header = write(k, kept, "others-header", texts["others_header"])
+        own_key = "own_header" if lay.history else "own_workspace_header"
+        for w in self.workers:
+            w.marker = write(k, kept, "marker", texts["marker"], w.name)
+            if lay.own_header and W > 1:
+                w.own_header = write(k, kept, "own-header", texts[own_key], w.name)
+        if lay.own_header and W == 1:  # held by the worker's view only: it moves only when the history grows
+            w = self.workers[0]
+            view = [i for i in (self.prompt.id, _id(self.history_header), _id(self.others_header)) if i is not None]
+            w.own_header = write(0, view, "own-header", texts[own_key], w.name)
         for w in self.workers:
             self._new_step(w, check=False)
 
     def _new_step(self, w: Worker, check: bool) -> None:
         w.step_no += 1
-        if self.layout.separators:  # written with the step's first tokens, so that it moves with the step
-            w.separator = self.cache.new_block("separator", owner=w.name)
-            w.pending_sep = self.model.tokenize(P.STEP_SEPARATOR)
         w.step = self.cache.new_block("step", owner=w.name)
-        prefix = P.step_prefix(w.name, w.step_no) + (P.REDUNDANCY_CHECK if check else "")
+        prefix = self.protocol.step_prefix(w.name, w.step_no)
+        if w.step_no == 1:
+            prefix += self.protocol.opener(self.names, w.index)
+        elif check:
+            prefix += self.protocol.check_question(self.names, w.name)
         w.pending = self.model.tokenize(prefix)  # the previous step ended with a blank line
         w.text = ""
 
     def _view(self, w: Worker) -> list[int]:
-        return self.layout.view(w, self.workers, self.prompt.id, self.history,
-                                self.header.id if self.header else None)
+        return self.layout.view(w, self.workers, self.prompt.id, self.history, _id(self.others_header),
+                                _id(self.history_header))
+
+    def _full_view(self) -> list[int]:
+        """Everyone's text (the finisher's view). A step not written yet is left out, and so is its
+        marker where the worker shows nothing else (a contiguous workspace keeps it)."""
+        ids = self.layout.full_view(self.workers, self.prompt.id, self.history, _id(self.others_header),
+                                    _id(self.history_header))
+        hidden = set()
+        for w in self.workers:
+            if not w.step.tokens:
+                hidden.add(w.step.id)
+                if w.marker is not None and not (w.done and not self.layout.history):
+                    hidden.add(w.marker.id)
+        return [b for b in ids if b not in hidden]
+
+    # --- a step -----------------------------------------------------------------
 
     def _decode_step(self) -> tuple[dict[int, np.ndarray], list[Worker]] | None:
         """Every worker's pending tokens in one decode (each sees the others' tokens of this step);
-        None if the cache has no room for them."""
-        writers = [w for w in self.workers if w.pending]
-        appends = {w.index: w.pending for w in writers}
-        heads = {w.index: w.pending_sep for w in writers if w.pending_sep}
-        n_new = sum(map(len, appends.values())) + sum(map(len, heads.values()))
+        None if the cache has no room for them. Workers whose tokens would not fit one batch wait."""
+        writers, n_new = [], 0
+        for w in self.workers:
+            if w.pending and (not writers or n_new + len(w.pending) <= self.s.n_batch):
+                writers.append(w)
+                n_new += len(w.pending)
         if self.cache.used_cells() + n_new + 2 * len(self.workers) >= self.ctx.n_ctx:
             return None
         for w in self.workers:
             self.cache.set_view(w.index, self._view(w))
         try:
-            logits = self.cache.decode(appends, heads=heads)
+            logits = self.cache.decode({w.index: w.pending for w in writers})
         except ContextFull:
             return None
-        for w in writers:
-            w.pending_sep = []
         return logits, writers
 
     def _advance(self, w: Worker, step: int, logits: np.ndarray):
-        """After a decode: a finishing worker's step joins the history (returns its text), the others
+        """After a decode: a finishing worker's step is committed (returns its text), the others
         sample their next token. Yields the events."""
         w.pending = []
         if w.finishing:
@@ -225,39 +307,57 @@ class Engine:
         return None
 
     def _commit(self, w: Worker):
-        """w's finished step joins the shared history; w starts its next step. Returns the step's text."""
+        """w's finished step joins the shared history (contiguous: stays in w's workspace); w starts
+        its next step, opened with the self-check question when it is due. Returns the step's text."""
         text = w.text
-        self.history.append(w.step.id)
+        (self.history if self.layout.history else w.done).append(w.step.id)
         w.finishing = False
         yield StepEvent(w.name, w.step_no, self.model.detokenize(w.step.tokens))
-        history_tokens = sum(len(self.cache.blocks[b].tokens) for b in self.history)
-        check = bool(self.s.check_every) and history_tokens >= self.s.check_every * (self.checks_done + 1)
-        self.checks_done += check
+        self.finished_tokens += len(w.step.tokens)
+        every = self.check_every
+        check = bool(every) and self.finished_tokens >= every * (self.checks_done + 1)
+        if check:
+            self.checks_done = self.finished_tokens // every
         self._new_step(w, check)
         return text
 
-    def _finish(self) -> tuple[str, str | None]:
-        """At the budget: a few greedy tokens after the whole transcript, as the first worker sees it."""
+    # --- the end ------------------------------------------------------------------
+
+    def _finish(self) -> tuple[str, str | None, Block | None]:
+        """At the budget: the finisher's text after everyone's text (prompt, history, every worker's
+        current step with its marker), then up to finisher_tokens greedy tokens, through the keeper,
+        until the \\boxed{...} closes. Returns (what it wrote after its text, the answer, its block)."""
+        if self.finisher_tokens <= 0:
+            return "", None, None
+        k = self.keeper
         block = self.cache.new_block("finisher")
-        self.cache.set_view(0, self._view(self.workers[0]) + [block.id])
-        greedy = Sampler(self.model.n_vocab, 0.0, banned=self.banned)
-        toks, text = self.model.tokenize(P.FINISHER), ""
-        for _ in range(self.s.finisher_tokens):
-            if self.cache.used_cells() + len(toks) >= self.ctx.n_ctx:
-                break
-            try:
-                logits = self.cache.decode({0: toks})[0]
-            except ContextFull:
-                break
-            tok = greedy.sample(logits)
-            if self.trace:
-                self.trace.token(None, None, self.cache.view_prefixes(0), tok, logits)
-            text += self.model.piece(tok).decode("utf-8", errors="replace")
-            toks = [tok]
-            if "}" in text:
-                break
-        greedy.close()
-        return text, P.extract_boxed("\\boxed{" + text)
+        self.cache.set_view(k, self._full_view() + [block.id])
+        banned = [t for t in self.banned if t != self.think_end]  # the finisher's own text closed the section
+        greedy = Sampler(self.model.n_vocab, 0.0, banned=banned)
+        lead = self.protocol.finisher_text(self.thinking)
+        toks, text = self.model.tokenize(lead), ""
+        answer = None
+        try:
+            for _ in range(self.finisher_tokens):
+                if self.cache.used_cells() + len(toks) >= self.ctx.n_ctx:
+                    break
+                try:
+                    logits = self.cache.decode({k: toks})[k]
+                except ContextFull:
+                    break
+                tok = greedy.sample(logits)
+                if self.trace:
+                    self.trace.token(None, None, self.cache.view_prefixes(k), tok, logits)
+                if self.model.is_eog(tok):
+                    break
+                text += self.model.piece(tok).decode("utf-8", errors="replace")
+                toks = [tok]
+                answer = P.extract_boxed(lead + text, self.examples, ending_after=len(lead))
+                if answer is not None:
+                    break
+        finally:
+            greedy.close()
+        return text, answer, block
 
     def _worker_text(self, w: Worker) -> str:
         owned = [b for b in self.cache.blocks.values() if b.kind == "step" and b.owner == w.name]
@@ -270,7 +370,11 @@ class Engine:
                               seed=s.seed, sampling={"temp": s.temp, "top_k": s.top_k, "top_p": s.top_p,
                                                      "min_p": s.min_p},
                               suppressed=self.banned, flash_attn=self.ctx.flash_attn,
-                              cache_types=[s.cache_type_k, s.cache_type_v])
+                              cache_types=[s.cache_type_k, s.cache_type_v],
+                              protocol=self.protocol.to_dict(), instructions_in=self.instructions_in,
+                              check_every=self.check_every, finisher_tokens=self.finisher_tokens,
+                              thinking=None if self.thinking is None else
+                              {"open": self.thinking.open, "close": self.thinking.close})
 
     def close(self) -> None:
         if self.trace is not None:
@@ -278,3 +382,7 @@ class Engine:
         for w in self.workers:
             w.sampler.close()
         self.ctx.close()
+
+
+def _id(block: Block | None) -> int | None:
+    return None if block is None else block.id

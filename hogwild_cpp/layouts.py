@@ -1,15 +1,23 @@
 """How workers see each other (paper §3.2): the order of the blocks in each worker's view.
 
-Every view starts with the prompt and the shared history of finished steps and ends with the
-worker's own unfinished step (llama.cpp's rule: a sequence's next token follows its last position).
-What lies between is the layout's:
+A view is a list of cache blocks; the worker's own current step is always last (llama.cpp's rule:
+a sequence's next token follows its last position). With W workers in their order, the view of
+worker X is ("others": the workers other than X, in their order):
 
-- combined: a header, then every other worker's unfinished step, each after a separator block of
-  its own (written with the step's first tokens, so it moves with its step), then the worker's own;
-- stepwise: nothing: a worker sees the others' steps once they are finished;
-- contiguous: the other workers' unfinished steps.
+- combined    prompt, history header, the finished steps of everyone (finishing order), others header,
+              for each other worker Y: Y's current step, Y's marker; X's own header, X's current step
+- stepwise    prompt, history header, the finished steps of everyone (finishing order), X's current step
+- contiguous  prompt, for each other worker Y: Y's workspace (all its steps, finished and current),
+              Y's marker; X's own-workspace header, X's workspace (its current step last)
 
-In every layout a finished step joins the history at the same place in every view.
+A marker says "still being written" after an unfinished step; its text, and every header's, come
+from the protocol (protocol.toml), and a block whose text is empty is left out. A finished step
+keeps its block: in combined and stepwise it joins the shared history (at the same place in every
+view), in contiguous it stays in its writer's workspace.
+
+The finisher (at the budget) reads everyone's text, nobody's own: `full_view` — prompt, history
+header, history, others header, then every worker's current step followed by its marker
+(contiguous: prompt, then every workspace followed by its marker).
 """
 
 from __future__ import annotations
@@ -19,49 +27,73 @@ from typing import Protocol
 
 
 class WorkerBlocks(Protocol):
-    """What a layout needs of a worker: the blocks of its unfinished step."""
+    """What a layout reads of a worker. `step` is a cache Block (with an `id`); a worker may also have
+    `marker` and `own_header` (Blocks or None) and `done` (ids of its finished steps: its workspace
+    before the current step, contiguous only). Those missing count as absent."""
 
-    step: object       # a cache Block (with an `id`)
-    separator: object  # a cache Block, or None where the layout has no separators
+    step: object
+
+
+def _id(block) -> int | None:
+    return None if block is None else block.id
 
 
 @dataclass(frozen=True)
 class Layout:
     name: str
-    summary: str        # one line, for --help
-    prompt_text: str    # what a worker is told it sees (system prompt; our own wording)
-    header: bool        # a header block between the history and the unfinished steps
-    separators: bool    # each unfinished step after a separator block of its own
-    shows_others: bool  # the others' unfinished steps are in the view
+    summary: str          # one line, for --help
+    history: bool         # finished steps join a shared history, under the history header
+    header: bool          # the others header, between the history and the unfinished steps
+    shows_others: bool    # the others' unfinished work is in the view
+    markers: bool         # each other worker's unfinished work is followed by its marker
+    own_header: bool      # the worker's own header (contiguous: own-workspace header) before its own work
+    separators: bool = False  # no layout has per-step separator blocks any more (headers and markers end
+    # with a blank line); kept for code that builds views itself
 
     def view(self, me: WorkerBlocks, workers: list[WorkerBlocks], prompt: int, history: list[int],
-             header: int | None = None) -> list[int]:
-        """Block ids of `me`'s view; `workers` in their order (the others come in that order)."""
-        def blocks(w):
-            return [w.separator.id, w.step.id] if self.separators else [w.step.id]
+             header: int | None = None, history_header: int | None = None) -> list[int]:
+        """Block ids of `me`'s view; `workers` in their order; `header`: the others header's id."""
+        ids = [prompt]
+        if self.history:
+            ids += [history_header, *history]
+        if self.header:
+            ids.append(header)
+        if self.shows_others:
+            for w in workers:
+                if w is not me:
+                    ids += [*self._done(w), w.step.id, _id(getattr(w, "marker", None)) if self.markers else None]
+        if self.own_header:
+            ids.append(_id(getattr(me, "own_header", None)))
+        ids += [*self._done(me), me.step.id]
+        return [i for i in ids if i is not None]
 
-        others = [b for w in workers if w is not me for b in blocks(w)] if self.shows_others else []
-        return [prompt, *history, *([header] if self.header else []), *others, *blocks(me)]
+    def full_view(self, workers: list[WorkerBlocks], prompt: int, history: list[int], header: int | None = None,
+                  history_header: int | None = None) -> list[int]:
+        """Everyone's text, as the finisher reads it: each worker's unfinished work followed by its marker."""
+        ids = [prompt]
+        if self.history:
+            ids += [history_header, *history, header]
+        for w in workers:
+            ids += [*self._done(w), w.step.id, _id(getattr(w, "marker", None))]
+        return [i for i in ids if i is not None]
+
+    def _done(self, w) -> list[int]:
+        return [] if self.history else list(getattr(w, "done", ()))
 
 
 COMBINED = Layout(
     name="combined",
-    summary="history, then everyone's unfinished step (yours last)",
-    prompt_text="Finished steps of everyone appear in order at the top; below them, under a header, every "
-                "assistant's unfinished step, with your own current step last.",
-    header=True, separators=True, shows_others=True)
+    summary="history, then the others' unfinished steps (each with a marker), then yours",
+    history=True, header=True, shows_others=True, markers=True, own_header=True)
 
 STEPWISE = Layout(
     name="stepwise",
     summary="history of finished steps, then your unfinished step",
-    prompt_text="You see the finished steps of everyone, in the order they were finished, then your own "
-                "current step.",
-    header=False, separators=False, shows_others=False)
+    history=True, header=False, shows_others=False, markers=False, own_header=False)
 
 CONTIGUOUS = Layout(
     name="contiguous",
-    summary="history, the others' unfinished steps, then yours",
-    prompt_text="You see what the others are writing right now, then your own text at the end.",
-    header=False, separators=False, shows_others=True)
+    summary="one workspace per worker (all its steps): the others' first, yours last",
+    history=False, header=False, shows_others=True, markers=True, own_header=True)
 
 LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (COMBINED, STEPWISE, CONTIGUOUS)}

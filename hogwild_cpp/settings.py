@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .errors import BadInput
 from .layouts import LAYOUTS
+from .protocol import resolve as resolve_protocol
 
 # KV cache types: ggml type ids (ggml.h)
 CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}
@@ -32,9 +33,11 @@ class Settings:
     top_k: int = 40
     top_p: float = 0.95
     min_p: float = 0.05
-    check_every: int = 1024         # redundancy check every N generated tokens (0: never)
+    check_every: int | None = None  # the self-check every N tokens of finished steps (0: never; None: the protocol's)
     stop_on_eos: bool = False
-    finisher_tokens: int = 16
+    finisher_tokens: int | None = None  # at most N tokens after the finisher's text (None: the protocol's)
+    protocol: object = None         # every text the engine writes: None (protocol.toml), a file path, or a Protocol
+    instructions_in: str | None = None  # the rules in the "user" or "system" message (None: the protocol's)
     n_batch: int = 512
     cache_type_k: str = "f16"       # a key of CACHE_TYPES
     cache_type_v: str = "f16"       # quantized: flash attention only (as in llama.cpp)
@@ -60,3 +63,10 @@ class Settings:
             raise BadInput(f"unknown flash attention setting {self.flash_attn!r}; choose from {', '.join(FLASH_ATTN)}")
         if self.cache_type_v in QUANTIZED and self.flash_attn == "off":
             raise BadInput(f"a quantized V cache ({self.cache_type_v}) needs flash attention (-fa on or auto)")
+        if self.instructions_in not in (None, "user", "system"):
+            raise BadInput(f"instructions go in the 'user' or the 'system' message, not {self.instructions_in!r}")
+        if self.check_every is not None and self.check_every < 0:
+            raise BadInput(f"check_every must be 0 (never) or more, got {self.check_every}")
+        if self.finisher_tokens is not None and self.finisher_tokens < 0:
+            raise BadInput(f"finisher_tokens must be 0 (no finisher) or more, got {self.finisher_tokens}")
+        resolve_protocol(self.protocol)  # a file that cannot be read or has unknown keys: BadInput, one line

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2  # 2: block kinds of the protocol's layouts, protocol and thinking in the header, answer source
 
 
 def logprob(logits: np.ndarray, token: int) -> float:
@@ -40,10 +40,13 @@ class TraceWriter:
         self.error: OSError | None = None
 
     def header(self, *, model: str, n_ctx: int, workers: list[str], layout: str, seed: int, sampling: dict,
-               suppressed: list[int], flash_attn: bool, cache_types: list[str]) -> None:
+               suppressed: list[int], flash_attn: bool, cache_types: list[str], protocol: dict,
+               instructions_in: str, check_every: int, finisher_tokens: int, thinking: dict | None) -> None:
         self.write({"type": "header", "version": VERSION, "model": model, "n_ctx": n_ctx, "workers": workers,
                     "layout": layout, "seed": seed, "sampling": sampling, "suppressed": suppressed,
-                    "flash_attn": flash_attn, "cache_types": cache_types})
+                    "flash_attn": flash_attn, "cache_types": cache_types, "protocol": protocol,
+                    "instructions_in": instructions_in, "check_every": check_every,
+                    "finisher_tokens": finisher_tokens, "thinking": thinking})
 
     def token(self, step: int | None, worker: str | None, view: list[tuple[int, int]], token: int,
               logits: np.ndarray) -> None:
@@ -52,12 +55,15 @@ class TraceWriter:
         self.write({"type": "token", "step": step, "worker": worker, "view": [[b, n] for b, n in view],
                     "token": token, "logprob": logprob(logits, token)})
 
-    def end(self, blocks, reason: str, answer: str | None) -> None:
-        """Every block with tokens (`blocks`: cache Blocks), the end record, and the file renamed into place."""
+    def end(self, blocks, reason: str, answer: str | None, answer_source: str | None = None,
+            answer_worker: str | None = None) -> None:
+        """Every block with tokens (`blocks`: cache Blocks), the end record, and the file renamed into place.
+        `answer_source`: "worker" (written by `answer_worker`) or "finisher" (forced at the budget)."""
         for b in blocks:
             if b.tokens:
                 self.write({"type": "block", "id": b.id, "kind": b.kind, "owner": b.owner, "tokens": b.tokens})
-        self.write({"type": "end", "reason": reason, "answer": answer})
+        self.write({"type": "end", "reason": reason, "answer": answer, "answer_source": answer_source,
+                    "answer_worker": answer_worker})
         self.close()
 
     def write(self, record: dict) -> None:
