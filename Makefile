@@ -23,7 +23,7 @@ STAMP       := $(VENV)/.hogwild-stamp
 NO_AMX     := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)' \
               -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-              -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+              -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_RPC=ON
 CUDA_ARCH ?= native
 ifeq ($(HOGWILD_CUDA),1)
 # --exclude-libs: CUDA builds exported thousands of std:: symbols from static archives linked into

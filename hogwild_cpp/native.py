@@ -164,14 +164,119 @@ def reason(n: int = 4) -> str:
     return "; ".join(problems or lines[-1:]) or "no reason given"
 
 
-class Model:
-    """A loaded GGUF model and its vocabulary."""
+# --- several devices: local GPUs and llama.cpp's RPC backend -------------------------------------
 
-    def __init__(self, path: str, n_gpu_layers: int = 0):
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
+
+
+def _ggml():
+    """The libggml that libllama uses (by its soname: a copy opened by path would be a second instance, with
+    a device registry of its own)."""
+    for name in ("libggml.so.0", "libggml.so"):
+        try:
+            return ctypes.CDLL(name, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+    raise NativeError("libggml is not loaded")
+
+
+def _rpc_proc(name: str, restype, argtypes):
+    """A function of llama.cpp's RPC backend (built with GGML_RPC=ON), found through its registry."""
+    g = _ggml()
+    g.ggml_backend_reg_by_name.restype, g.ggml_backend_reg_by_name.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+    g.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    g.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    reg = g.ggml_backend_reg_by_name(b"RPC")
+    addr = g.ggml_backend_reg_get_proc_address(reg, name.encode()) if reg else None
+    if not addr:
+        raise NativeError("this llama.cpp build has no RPC backend (build with GGML_RPC=ON: `make build`)")
+    return ctypes.CFUNCTYPE(restype, *argtypes)(addr)
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise errors.BadInput(f"not an RPC endpoint (HOST:PORT): {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def add_rpc_servers(endpoints: list[str], timeout: float = 5.0) -> int:
+    """Make the devices of llama.cpp RPC servers (`hogwild rpc-server`) available to models loaded from now
+    on, as llama.cpp's `--rpc` does; returns how many devices they add. llama.cpp aborts the process when it
+    cannot reach a server, so each is reached here first and a dead one is a clear error."""
+    import socket
+
+    add = _rpc_proc("ggml_backend_rpc_add_server", ctypes.c_void_p, [ctypes.c_char_p])
+    g = _ggml()
+    g.ggml_backend_reg_dev_count.restype, g.ggml_backend_reg_dev_count.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+    g.ggml_backend_device_register.restype, g.ggml_backend_device_register.argtypes = None, [ctypes.c_void_p]
+    g.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
+    g.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    n = 0
+    for ep in endpoints:
+        host, port = parse_endpoint(ep)
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise errors.BadInput(f"cannot reach the RPC server at {ep}: {exc.strerror or exc}") from None
+        reg = add(f"{host}:{port}".encode())
+        if not reg:
+            raise errors.BadInput(f"the RPC server at {ep} offers no device")
+        for i in range(g.ggml_backend_reg_dev_count(reg)):
+            g.ggml_backend_device_register(g.ggml_backend_reg_dev_get(reg, i))
+            n += 1
+    return n
+
+
+def serve_rpc(host: str, port: int, n_threads: int, devices: str = "cpu", cache_dir: str | None = None) -> None:
+    """Run llama.cpp's own RPC server loop (ggml_backend_rpc_start_server) on this build's devices until the
+    process ends: `devices` "cpu" (the CPU backend) or "all" (every local device that is not itself RPC)."""
+    start = _rpc_proc("ggml_backend_rpc_start_server", None,
+                      [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p])
+    g = _ggml()
+    g.ggml_backend_dev_count.restype, g.ggml_backend_dev_count.argtypes = ctypes.c_size_t, []
+    g.ggml_backend_dev_get.restype, g.ggml_backend_dev_get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    g.ggml_backend_dev_type.restype, g.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    g.ggml_backend_dev_name.restype, g.ggml_backend_dev_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    cpu_type = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
+    devs = []
+    for i in range(g.ggml_backend_dev_count()):
+        d = g.ggml_backend_dev_get(i)
+        name = g.ggml_backend_dev_name(d).decode()
+        if name.startswith("RPC"):
+            continue
+        if devices == "all" and g.ggml_backend_dev_type(d) != cpu_type or devices == "cpu" and g.ggml_backend_dev_type(d) == cpu_type:
+            devs.append(d)
+    if devices == "all" and not devs:  # no accelerator: serve the CPU, as llama.cpp's rpc-server does
+        devs = [g.ggml_backend_dev_get(i) for i in range(g.ggml_backend_dev_count())
+                if g.ggml_backend_dev_type(g.ggml_backend_dev_get(i)) == cpu_type]
+    if not devs:
+        raise NativeError(f"no local device to serve ({devices})")
+    arr = (ctypes.c_void_p * len(devs))(*devs)
+    start(f"{host}:{port}".encode(), cache_dir.encode() if cache_dir else None, n_threads, len(devs), arr)
+
+
+class Model:
+    """A loaded GGUF model and its vocabulary.
+
+    Layers go to the GPUs and RPC devices as llama.cpp places them: n_gpu_layers, split_mode (none, layer,
+    row), tensor_split (a proportion per device), main_gpu (the device of split mode none).
+    """
+
+    def __init__(self, path: str, n_gpu_layers: int = 0, split_mode: str = "layer",
+                 tensor_split: list[float] | None = None, main_gpu: int = 0):
         self.path, self.ptr = str(path), None
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.split_mode = SPLIT_MODES[split_mode]
+        params.main_gpu = main_gpu
+        if tensor_split:
+            n = ll.llama_max_devices()
+            if len(tensor_split) > n:
+                raise errors.BadInput(f"--tensor-split has {len(tensor_split)} parts; this build has {n} devices at most")
+            self._tensor_split = (ctypes.c_float * n)(*tensor_split)
+            params.tensor_split = self._tensor_split
         _log_lines.clear()
         self.ptr = ll.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
