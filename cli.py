@@ -321,10 +321,17 @@ def _int_list(ctx, param, value):
 @click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for V (quantized: flash attention only).")
 @click.option("--kernels", is_flag=True, help="Also count GPU kernels per step (CUDA build and PyTorch needed).")
+@click.option("--e2e", is_flag=True, help="Time `hogwild run`'s own loop instead: aggregate tokens/s, ms per step "
+              "and the share spent decoding, for each -np (greedy, --steps steps, a step ends every "
+              "--step-tokens tokens).")
+@click.option("--step-tokens", default=24, show_default=True, help="With --e2e: tokens a step (random weights never "
+              "end one).")
+@click.option("-c", "--ctx-size", "n_ctx", default=0, help="With --e2e: context size (default: the model's, up to "
+              "8192).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
 def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache_type_k, cache_type_v, kernels,
-          json_file):
-    """Median decode-step time of hogwild views against plain llama.cpp, in one run."""
+          e2e, step_tokens, n_ctx, json_file):
+    """Median decode-step time of hogwild views against plain llama.cpp, in one run (--e2e: the whole loop)."""
     import json
     from dataclasses import asdict
 
@@ -332,6 +339,21 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache
 
     if cache_type_v in QUANTIZED and flash in ("off", "both"):
         raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention: use -fa on or auto")
+    if e2e:
+        if flash == "both":
+            raise InputError("--e2e runs one flash-attention setting: -fa auto, on or off")
+        from hogwild_cpp import BadInput
+
+        try:
+            e2e_rows = b.run_e2e(str(model), workers, steps=steps, step_tokens=step_tokens, n_gpu_layers=gpu_layers,
+                                 threads=threads, device=device, flash=flash, cache=(cache_type_k, cache_type_v),
+                                 n_ctx=n_ctx, progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+        except BadInput as exc:
+            raise InputError(str(exc))
+        click.echo(b.markdown(e2e_rows))
+        if json_file:
+            _write_atomic(json_file, json.dumps({"e2e_rows": [asdict(r) for r in e2e_rows]}, indent=1))
+        return
     rows, profiles = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
                            device=device, flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels,
                            progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))

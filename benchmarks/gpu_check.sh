@@ -61,7 +61,7 @@ run_tests() {
     # the exactness run: with TF32 off, stock CUDA results do not depend on the batch size
     echo "== tests, GGML_CUDA_NO_TF32=1 $(date +%T)"
     GGML_CUDA_NO_TF32=1 HOGWILD_TEST_NGL=99 HOGWILD_TEST_NO_DEFAULT_MODEL=1 python3 -m pytest -q -p no:cacheprovider \
-        -rs tests/test_cache.py tests/test_models_gen.py 2>&1 | tee "$LOG/tests.log" || true
+        -rs tests/test_cache.py tests/test_families.py tests/test_models_gen.py 2>&1 | tee "$LOG/tests.log" || true
     echo "== the GPU-only tests, verbose $(date +%T)"
     HOGWILD_TEST_NGL=99 HOGWILD_TEST_NO_DEFAULT_MODEL=1 python3 -m pytest -q -s -p no:cacheprovider -k cuda \
         tests/test_cache.py 2>&1 | tee "$LOG/tests-gpu.log" || true

@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import numpy as np
-
 from . import protocol as P
 from .cache import Block, SharedCache
 from .errors import BadInput
@@ -65,6 +63,7 @@ class Result:
     finisher: str = ""              # what the finisher wrote after its own text ("" if it did not run)
     answer_source: str | None = None    # "worker": written by a worker; "finisher": forced at the budget
     answer_worker: str | None = None    # the worker who wrote it
+    decode_s: float = 0.0               # of generate_s: inside llama.cpp's decode of the steps (the rest is ours)
 
 
 @dataclass
@@ -84,6 +83,8 @@ class Worker:
     marker: Block | None = None             # after its unfinished step in the others' views
     own_header: Block | None = None         # before its own step (or workspace) in its own view
     pending: list[int] = field(default_factory=list)      # tokens for the next decode
+    sampled: bool = False                   # pending is the token it sampled (not the labels of a new step)
+    step_sampled: int = 0                   # tokens it sampled in the current step
     text: str = ""                          # the current step's text so far (what the worker sampled)
     finishing: bool = False                 # its last token is sampled: the step is committed once decoded
     generated: int = 0
@@ -134,6 +135,7 @@ class Engine:
         self.history: list[int] = []
         self.finished_tokens = 0
         self.checks_done = 0
+        self.decode_s = 0.0
 
     # --- the loop -------------------------------------------------------------
 
@@ -151,9 +153,13 @@ class Engine:
             if decoded is None:  # no room for the step's tokens or the copies attention needs
                 reason = "ctx_full"
                 break
-            logits, writers = decoded
+            outputs, writers = decoded
+            # every sampling worker's next token in one native call, over llama.cpp's own logits
+            sampling = [w for w in writers if not w.finishing]
+            tokens = dict(zip([w.index for w in sampling],
+                              self.ctx.sample([outputs[w.index] for w in sampling], [w.sampler for w in sampling])))
             for w in writers:
-                finished = yield from self._advance(w, step, logits[w.index])
+                finished = yield from self._advance(w, step, tokens.get(w.index), outputs[w.index])
                 if finished is not None:
                     found = P.extract_boxed(finished, self.examples)
                     if found is not None:
@@ -174,7 +180,9 @@ class Engine:
         source = "worker" if answer is not None else None
         finisher, fin_block = "", None
         if reason in ("budget", "ctx_full") and answer is None and self.finisher_tokens > 0:
-            self._decode_step()  # the workers' last sampled tokens (and fresh steps' labels) join their steps
+            decoded = self._decode_step()  # the workers' last sampled tokens (and fresh steps' labels) join their steps
+            for w in decoded[1] if decoded else []:
+                w.pending, w.sampled = [], False
             finisher, answer, fin_block = self._finish()
             source = "finisher" if answer is not None else None
         everyone = self._full_view() + ([fin_block.id] if fin_block is not None else [])
@@ -182,7 +190,8 @@ class Engine:
                         transcript=self.model.detokenize([t for b in everyone for t in self.cache.blocks[b].tokens]),
                         prompt_tokens=len(self.prompt.tokens), prompt_s=prompt_s,
                         generated={w.name: w.generated for w in self.workers}, generate_s=generate_s,
-                        steps=step + 1, finisher=finisher, answer_source=source, answer_worker=by)
+                        steps=step + 1, finisher=finisher, answer_source=source, answer_worker=by,
+                        decode_s=self.decode_s)
         if self.trace:
             self.trace.end(self.cache.blocks.values(), result.reason, result.answer, source, by)
         yield DoneEvent(result)
@@ -250,6 +259,7 @@ class Engine:
         elif check:
             prefix += self.protocol.check_question(self.names, w.name)
         w.pending = self.model.tokenize(prefix)  # the previous step ended with a blank line
+        w.sampled, w.step_sampled = False, 0
         w.text = ""
 
     def _view(self, w: Worker) -> list[int]:
@@ -271,8 +281,9 @@ class Engine:
 
     # --- a step -----------------------------------------------------------------
 
-    def _decode_step(self) -> tuple[dict[int, np.ndarray], list[Worker]] | None:
-        """Every worker's pending tokens in one decode (each sees the others' tokens of this step);
+    def _decode_step(self) -> tuple[dict[int, int], list[Worker]] | None:
+        """Every worker's pending tokens in one decode (each sees the others' tokens of this step): the
+        output index of each writer's last token (Context.sample / Context.logits), and the writers;
         None if the cache has no room for them. Workers whose tokens would not fit one batch wait."""
         writers, n_new = [], 0
         for w in self.workers:
@@ -283,26 +294,30 @@ class Engine:
             return None
         for w in self.workers:
             self.cache.set_view(w.index, self._view(w))
+        t0 = time.perf_counter()
         try:
-            logits = self.cache.decode({w.index: w.pending for w in writers})
+            outputs = self.cache.decode({w.index: w.pending for w in writers}, copy_logits=False)
         except ContextFull:
             return None
-        return logits, writers
+        finally:
+            self.decode_s += time.perf_counter() - t0
+        return outputs, writers
 
-    def _advance(self, w: Worker, step: int, logits: np.ndarray):
-        """After a decode: a finishing worker's step is committed (returns its text), the others
-        sample their next token. Yields the events."""
-        w.pending = []
+    def _advance(self, w: Worker, step: int, tok: int | None, output: int):
+        """After a decode: a finishing worker's step is committed (returns its text), the others take
+        the token sampled for them (`tok`, from output `output` of the decode). Yields the events."""
+        w.pending, w.sampled = [], False
         if w.finishing:
             return (yield from self._commit(w))
-        tok = w.sampler.sample(logits)
         w.generated += 1
+        w.step_sampled += 1
         if self.trace:  # the view it was sampled from: what was just decoded, the others' tokens included
-            self.trace.token(step, w.name, self.cache.view_prefixes(w.index), tok, logits)
+            self.trace.token(step, w.name, self.cache.view_prefixes(w.index), tok, self.ctx.logits(output))
         piece = self.model.piece(tok).decode("utf-8", errors="replace")
-        w.pending = [tok]
+        w.pending, w.sampled = [tok], True
         w.text += piece
-        w.finishing = P.step_finished(w.text)
+        every = self.s.bench_step_tokens
+        w.finishing = P.step_finished(w.text) or bool(every) and w.step_sampled >= every
         yield TokenEvent(w.name, tok, piece)
         return None
 
@@ -360,8 +375,10 @@ class Engine:
         return text, answer, block
 
     def _worker_text(self, w: Worker) -> str:
+        """Its steps, with the token it sampled last (not decoded yet when the run stopped)."""
         owned = [b for b in self.cache.blocks.values() if b.kind == "step" and b.owner == w.name]
-        return "".join(self.model.detokenize(b.tokens) for b in owned)
+        last = w.pending if w.sampled else []
+        return "".join(self.model.detokenize(b.tokens) for b in owned) + self.model.detokenize(last)
 
     def _trace_header(self) -> None:
         if self.trace:

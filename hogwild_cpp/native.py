@@ -399,6 +399,10 @@ class Context:
     def used_cells(self) -> int:
         return _used_cells(self.ptr)
 
+    def graphs_reused(self) -> int:
+        """How many decodes reused the previous compute graph (llama.cpp builds a new one otherwise)."""
+        return ll.llama_perf_context(self.ptr).n_reused
+
     def last_shadows(self) -> tuple[int, int]:
         """The per-view copies the last decode needed: (real, with padding) — scratch cells after the used ones."""
         real, padded = ctypes.c_int32(), ctypes.c_int32()

@@ -42,6 +42,8 @@ class Settings:
     cache_type_k: str = "f16"       # a key of CACHE_TYPES
     cache_type_v: str = "f16"       # quantized: flash attention only (as in llama.cpp)
     flash_attn: str = "auto"        # a key of FLASH_ATTN (auto: on where the backend supports it)
+    bench_step_tokens: int = 0      # benchmarks only: a step also ends after N sampled tokens (random weights
+                                    # never end one), so that commits and folds are timed too
 
     def check(self) -> None:
         """BadInput if a setting cannot work, before any model is touched."""
@@ -67,6 +69,8 @@ class Settings:
             raise BadInput(f"instructions go in the 'user' or the 'system' message, not {self.instructions_in!r}")
         if self.check_every is not None and self.check_every < 0:
             raise BadInput(f"check_every must be 0 (never) or more, got {self.check_every}")
+        if self.bench_step_tokens < 0:
+            raise BadInput(f"bench_step_tokens must be 0 (off) or more, got {self.bench_step_tokens}")
         if self.finisher_tokens is not None and self.finisher_tokens < 0:
             raise BadInput(f"finisher_tokens must be 0 (no finisher) or more, got {self.finisher_tokens}")
         resolve_protocol(self.protocol)  # a file that cannot be read or has unknown keys: BadInput, one line
