@@ -59,9 +59,10 @@ class Script:
 
 
 def script_workers(engine: Engine, texts: list[str]) -> None:
-    for w, text in zip(engine.workers, texts):
-        w.sampler.close()
-        w.sampler = Script(engine.model.tokenize(text))
+    """Worker i writes texts[i] over and over: the engine samples every worker in one native call
+    (Context.sample), which is replaced by the scripts, keyed by each worker's sampler."""
+    scripts = {id(w.sampler): Script(engine.model.tokenize(text)) for w, text in zip(engine.workers, texts)}
+    engine.ctx.sample = lambda outputs, samplers, *a, **k: [scripts[id(s)].sample(None) for s in samplers]
 
 
 def step_texts(n: int) -> list[str]:
