@@ -10,7 +10,16 @@ from pathlib import Path
 import click
 
 from hogwild_cpp.layouts import LAYOUTS
-from hogwild_cpp.settings import CACHE_TYPES, FLASH_ATTN, QUANTIZED
+from hogwild_cpp.settings import CACHE_TYPES, FLASH_ATTN, QUANTIZED, SPLIT_MODES
+
+
+def _float_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.replace("/", ",").split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}")
 
 
 @click.group()
@@ -158,6 +167,14 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.option("-c", "--ctx-size", default=0, show_default=True, type=click.IntRange(0),
               help="Context size in tokens (0: from the model, at most 8192).")
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
+@click.option("-sm", "--split-mode", default="layer", show_default=True, type=click.Choice(list(SPLIT_MODES)),
+              help="How to split the model over several GPUs or RPC devices (llama.cpp's): none, layer, row (CUDA).")
+@click.option("-ts", "--tensor-split", default=None, callback=_float_list,
+              help="The share of the model on each device, comma-separated (e.g. 3,1), as llama.cpp's -ts.")
+@click.option("-mg", "--main-gpu", default=0, show_default=True, type=click.IntRange(0),
+              help="The device for split mode none (and for intermediate results with row).")
+@click.option("--rpc", default=None, help="llama.cpp RPC servers (HOST:PORT,...) whose devices take layers "
+              "(see `hogwild rpc-server`; never expose one to an untrusted network).")
 @click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
 @click.option("-fa", "--flash-attn", default="auto", show_default=True, type=click.Choice(list(FLASH_ATTN)),
               help="Flash attention (auto: where the backend supports it).")
@@ -188,9 +205,9 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 @click.option("--quiet", is_flag=True, help="Print only the answer.")
 @click.option("--no-color", is_flag=True, help="No colours.")
-def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, threads, flash_attn, cache_type_k,
-        cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every, protocol_file, instructions_in,
-        finisher_tokens, trace_file, output_file, verbose, quiet, no_color):
+def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, split_mode, tensor_split, main_gpu, rpc,
+        threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every,
+        protocol_file, instructions_in, finisher_tokens, trace_file, output_file, verbose, quiet, no_color):
     """Solve the problem in PROMPT_FILE ('-': stdin) with several workers over one shared KV cache."""
     import json
     import signal
@@ -208,7 +225,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, th
                         max_steps=max_steps, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads, seed=seed,
                         temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, check_every=check_every,
                         flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                        instructions_in=instructions_in, finisher_tokens=finisher_tokens)
+                        instructions_in=instructions_in, finisher_tokens=finisher_tokens, split_mode=split_mode,
+                        tensor_split=tensor_split, main_gpu=main_gpu, rpc=rpc.split(",") if rpc else None)
     try:
         settings.protocol = protocol.load(protocol_file) if protocol_file is not None else None
         settings.check()
@@ -311,6 +329,14 @@ def _int_list(ctx, param, value):
               help="Context lengths (tokens per worker view), comma-separated.")
 @click.option("--steps", default=20, show_default=True, help="Timed decode steps per measurement.")
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, help="Layers to offload to the GPU.")
+@click.option("-sm", "--split-mode", default="layer", show_default=True, type=click.Choice(list(SPLIT_MODES)),
+              help="How to split the model over several GPUs or RPC devices (llama.cpp's): none, layer, row (CUDA).")
+@click.option("-ts", "--tensor-split", default=None, callback=_float_list,
+              help="The share of the model on each device, comma-separated (e.g. 3,1), as llama.cpp's -ts.")
+@click.option("-mg", "--main-gpu", default=0, show_default=True, type=click.IntRange(0),
+              help="The device for split mode none (and for intermediate results with row).")
+@click.option("--rpc", default=None, help="llama.cpp RPC servers (HOST:PORT,...) whose devices take layers "
+              "(see `hogwild rpc-server`; never expose one to an untrusted network).")
 @click.option("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="Label for the device column.")
 @click.option("-fa", "--flash-attn", "flash", type=click.Choice([*FLASH_ATTN, "both"]), default="auto",
@@ -329,8 +355,8 @@ def _int_list(ctx, param, value):
 @click.option("-c", "--ctx-size", "n_ctx", default=0, help="With --e2e: context size (default: the model's, up to "
               "8192).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
-def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache_type_k, cache_type_v, kernels,
-          e2e, step_tokens, n_ctx, json_file):
+def bench(model, workers, ctxs, steps, gpu_layers, split_mode, tensor_split, main_gpu, rpc, threads, device, flash,
+          cache_type_k, cache_type_v, kernels, e2e, step_tokens, n_ctx, json_file):
     """Median decode-step time of hogwild views against plain llama.cpp, in one run (--e2e: the whole loop)."""
     import json
     from dataclasses import asdict
@@ -339,15 +365,24 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache
 
     if cache_type_v in QUANTIZED and flash in ("off", "both"):
         raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention: use -fa on or auto")
+    from hogwild_cpp import BadInput, Settings
+
+    placement = dict(split_mode=split_mode, tensor_split=tensor_split, main_gpu=main_gpu)
+    try:
+        Settings(rpc=rpc.split(",") if rpc else None, **placement).check()
+        if rpc:
+            from hogwild_cpp.native import add_rpc_servers
+            add_rpc_servers(rpc.split(","))
+    except BadInput as exc:
+        raise InputError(str(exc))
     if e2e:
         if flash == "both":
             raise InputError("--e2e runs one flash-attention setting: -fa auto, on or off")
-        from hogwild_cpp import BadInput
-
         try:
             e2e_rows = b.run_e2e(str(model), workers, steps=steps, step_tokens=step_tokens, n_gpu_layers=gpu_layers,
                                  threads=threads, device=device, flash=flash, cache=(cache_type_k, cache_type_v),
-                                 n_ctx=n_ctx, progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+                                 n_ctx=n_ctx, placement=placement,
+                                 progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
         except BadInput as exc:
             raise InputError(str(exc))
         click.echo(b.markdown(e2e_rows))
@@ -356,6 +391,7 @@ def bench(model, workers, ctxs, steps, gpu_layers, threads, device, flash, cache
         return
     rows, profiles = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
                            device=device, flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels,
+                           placement=placement,
                            progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     click.echo(b.markdown(rows))
     if json_file:
@@ -382,6 +418,40 @@ def protocol_cmd(protocol_file):
     click.echo(json.dumps(p.to_dict(), indent=1, ensure_ascii=False))
 
 
+@main.command("rpc-server")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Never expose an RPC server to an untrusted network: it has no "
+                   "authentication and runs whatever graphs a client sends.")
+@click.option("-p", "--port", default=50052, show_default=True, type=click.IntRange(1, 65535))
+@click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
+@click.option("--device", "devices", default="all", show_default=True, type=click.Choice(["all", "cpu"]),
+              help="What to serve: every local accelerator (the CPU when there is none), or the CPU.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache tensors sent to the server here (llama.cpp's rpc-server -c).")
+def rpc_server(host, port, threads, devices, cache_dir):
+    """llama.cpp's RPC server, from this patched build: lends this machine's devices to `hogwild run --rpc`.
+
+    The server loop is llama.cpp's own (ggml_backend_rpc_start_server); Ctrl-C stops it."""
+    import signal
+    import socket
+
+    from hogwild_cpp import native
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: the RPC server listens on {host}: anyone who can reach it can use this machine; "
+              "never expose it to an untrusted network", file=sys.stderr)
+    try:
+        socket.create_server((host, port)).close()  # a busy port: one line here, not an abort in llama.cpp
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the C loop never returns to Python: let Ctrl-C end the process
+    try:
+        native.serve_rpc(host, port, threads or os.cpu_count() or 1, devices,
+                         str(cache_dir) if cache_dir else None)
+    except native.NativeError as exc:
+        raise click.ClickException(str(exc))
+
+
 # --- serve: the run command's settings options, copied from `run` so that both stay the same ----
 
 # run's option (parameter name) -> the Settings field it sets; options run does not have are skipped
@@ -390,7 +460,8 @@ _SERVE_SETTINGS = {"workers": "workers", "layout": "layout", "max_steps": "max_s
                    "cache_type_k": "cache_type_k", "cache_type_v": "cache_type_v", "seed": "seed", "temp": "temp",
                    "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "names": "names",
                    "check_every": "check_every", "protocol_file": "protocol", "instructions_in": "instructions_in",
-                   "finisher_tokens": "finisher_tokens"}
+                   "finisher_tokens": "finisher_tokens", "split_mode": "split_mode", "tensor_split": "tensor_split",
+                   "main_gpu": "main_gpu", "rpc": "rpc"}
 
 
 def _run_options(names):
@@ -432,6 +503,8 @@ def serve(model, host, port, api_key, max_queue, alias, **opts):
     values = {field: opts[opt] for opt, field in _SERVE_SETTINGS.items() if opt in opts and opts[opt] is not None}
     if values.get("names"):
         values["names"] = [n.strip() for n in values["names"].split(",")]
+    if values.get("rpc"):
+        values["rpc"] = values["rpc"].split(",")
     try:
         settings = Settings(**values)
         settings.check()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (no network): build the patched llama-cpp-python with CUDA from a carried,
 # trimmed sdist plus wheels, run the equivalence tests fully offloaded, and benchmark.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [profile]      (default: build test bench)
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [e2e] [split]   (default: build test bench)
 # Logs and results go to $OUT (or /tmp/out).
 #
 # The carried folder ($HOGWILD_GPU_CARRY, default .gpu/) stays out of git (echo /.gpu/ >> .git/info/exclude):
@@ -25,7 +25,7 @@ ROOT=$PWD; LOG=${OUT:-/tmp/out}; mkdir -p "$LOG"
 export PYTHONPATH=/tmp/site:$ROOT PYTHONUNBUFFERED=1
 FA=$([[ "${HOGWILD_GPU_FA:-1}" == 1 ]] && echo ON || echo OFF)
 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_CUDA_FA=$FA -DLLAVA_BUILD=OFF \
--DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL \
+-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL -DGGML_RPC=ON \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 KEY=$( (cat "$ROOT"/patches/*.patch; echo "$CMAKE_ARGS") | sha256sum | cut -c1-16)
 
@@ -89,12 +89,47 @@ run_bench() {
     done
 }
 
+run_e2e() {
+    # hogwild run's own loop (bench --e2e): aggregate tokens/s against W=1, ms per step, its decode share
+    local dev; dev=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+    for spec in ${HOGWILD_GPU_E2E:-8b:1,2,4,8 32b:1,2,4}; do
+        IFS=: read -r preset workers <<< "$spec"
+        [[ -f /tmp/$preset.gguf ]] || python3 -m models.gguf_gen /tmp/$preset.gguf --preset "$preset" --dtype q4_0 --n-ctx-train 16384
+        echo "== e2e $preset $workers $(date +%T)"
+        python3 cli.py bench /tmp/$preset.gguf --e2e -np "$workers" --steps ${HOGWILD_GPU_E2E_STEPS:-256} \
+            --step-tokens 24 -c 8192 -ngl 99 --device "$dev" --json "$LOG/e2e-$preset.json" 2>&1 \
+            | tee "$LOG/e2e-$preset.md" || echo "e2e $preset stopped early"
+    done
+}
+
+run_split() {
+    # two GPUs (nvidia-h200-x2): the equivalence tests with the models split by layer and by row, then the
+    # 32B shape split over both against one GPU
+    local dev; dev=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+    for mode in layer row; do
+        echo "== tests split by $mode over $(nvidia-smi -L | wc -l) GPUs $(date +%T)"
+        GGML_CUDA_NO_TF32=1 HOGWILD_TEST_NGL=99 HOGWILD_TEST_SPLIT=$mode HOGWILD_TEST_NO_DEFAULT_MODEL=1 \
+            python3 -m pytest -q -p no:cacheprovider tests/test_cache.py tests/test_families.py 2>&1 \
+            | tee "$LOG/tests-split-$mode.log" | tail -3 || true
+    done
+    [[ -f /tmp/32b.gguf ]] || python3 -m models.gguf_gen /tmp/32b.gguf --preset 32b --dtype q4_0 --n-ctx-train 16384
+    for spec in "one:0:-sm none" "two:0,1:-sm layer"; do
+        IFS=: read -r label gpus flags <<< "$spec"
+        echo "== bench 32b on $label GPU(s) $(date +%T)"
+        CUDA_VISIBLE_DEVICES=$gpus python3 cli.py bench /tmp/32b.gguf -np 1,2,4 --ctx 1024 --steps 20 -ngl 99 $flags \
+            -fa on --device "$dev-$label" --json "$LOG/bench-32b-$label.json" 2>&1 | tee "$LOG/bench-32b-$label.md" \
+            | grep -v "^bench:" || echo "bench $label stopped early"
+    done
+}
+
 install_build
 for phase in $PHASES; do
     case $phase in
         build) check_build ;;
         test) run_tests ;;
         bench) run_bench ;;
+        e2e) run_e2e ;;
+        split) run_split ;;
         *) echo "unknown phase $phase"; exit 2 ;;
     esac
 done

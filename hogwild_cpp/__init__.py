@@ -48,7 +48,12 @@ class Hogwild:
 
         self.settings = settings if settings is not None else Settings(**kw)
         self.settings.check()
-        self.model = Model(model_path, n_gpu_layers=self.settings.n_gpu_layers)
+        s = self.settings
+        if s.rpc:
+            from .native import add_rpc_servers
+            add_rpc_servers(s.rpc)
+        self.model = Model(model_path, n_gpu_layers=s.n_gpu_layers, split_mode=s.split_mode,
+                           tensor_split=s.tensor_split, main_gpu=s.main_gpu)
 
     def start(self, problem: str, trace=None) -> Run:
         """A run of `problem`, ready to stream; `trace`: a path for the JSONL trace."""

@@ -238,9 +238,10 @@ FLASH = {"off": ("off",), "on": ("on",), "auto": ("auto",), "both": ("off", "on"
 
 def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n_gpu_layers: int = 0,
         threads: int = 0, device: str = "cpu", flash: str = "off", cache=("f16", "f16"), kernels: bool = False,
-        progress=lambda msg: None) -> tuple[list[Row], list[dict]]:
-    """The rows, and (with kernels) a kernel profile of each hogwild and batched step."""
-    model = Model(model_path, n_gpu_layers=n_gpu_layers)
+        placement: dict | None = None, progress=lambda msg: None) -> tuple[list[Row], list[dict]]:
+    """The rows, and (with kernels) a kernel profile of each hogwild and batched step; placement: Model's
+    split_mode, tensor_split, main_gpu."""
+    model = Model(model_path, n_gpu_layers=n_gpu_layers, **(placement or {}))
     rng = random.Random(0)
     rows, profiles = [], []
     name = str(model_path).rsplit("/", 1)[-1]
@@ -305,14 +306,14 @@ class E2ERow:
 
 def run_e2e(model_path: str, workers: list[int], steps: int = 128, step_tokens: int = 24, n_gpu_layers: int = 0,
             threads: int = 0, device: str = "cpu", flash: str = "auto", cache=("f16", "f16"), n_ctx: int = 0,
-            problem: str | None = None, progress=lambda msg: None) -> list[E2ERow]:
+            problem: str | None = None, placement: dict | None = None, progress=lambda msg: None) -> list[E2ERow]:
     """`hogwild run`'s loop (Engine.stream, greedy, no trace) for each W: aggregate tokens/s, ms per step
     and the share of it spent decoding. Steps end every `step_tokens` sampled tokens (random weights
     never end one), so commits, folds and new steps are timed too; no finisher."""
     from .engine import DoneEvent, Engine
     from .settings import Settings
 
-    model = Model(model_path, n_gpu_layers=n_gpu_layers)
+    model = Model(model_path, n_gpu_layers=n_gpu_layers, **(placement or {}))
     name = str(model_path).rsplit("/", 1)[-1]
     text = problem or ("A bakery sells muffins in boxes of 6. On Monday it bakes 9 boxes and sells 40 muffins. "
                        "How many muffins are left?")

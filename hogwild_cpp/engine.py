@@ -297,6 +297,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             outputs = self.cache.decode({w.index: w.pending for w in writers}, copy_logits=False)
+            self.ctx.synchronize()  # sampling waits for it anyway; timed here, the device's work counts as decoding
         except ContextFull:
             return None
         finally:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import errors
-from .settings import CACHE_TYPES, FLASH_ATTN
+from .settings import CACHE_TYPES, FLASH_ATTN, SPLIT_MODES, parse_endpoint
 
 ABI_VERSION = 3
 
@@ -166,9 +166,6 @@ def reason(n: int = 4) -> str:
 
 # --- several devices: local GPUs and llama.cpp's RPC backend -------------------------------------
 
-SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
-
-
 def _ggml():
     """The libggml that libllama uses (by its soname: a copy opened by path would be a second instance, with
     a device registry of its own)."""
@@ -191,13 +188,6 @@ def _rpc_proc(name: str, restype, argtypes):
     if not addr:
         raise NativeError("this llama.cpp build has no RPC backend (build with GGML_RPC=ON: `make build`)")
     return ctypes.CFUNCTYPE(restype, *argtypes)(addr)
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise errors.BadInput(f"not an RPC endpoint (HOST:PORT): {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def add_rpc_servers(endpoints: list[str], timeout: float = 5.0) -> int:
@@ -398,6 +388,10 @@ class Context:
 
     def used_cells(self) -> int:
         return _used_cells(self.ptr)
+
+    def synchronize(self) -> None:
+        """Wait for the last decode to finish on the device (llama_decode returns once it is queued)."""
+        ll.llama_synchronize(self.ptr)
 
     def graphs_reused(self) -> int:
         """How many decodes reused the previous compute graph (llama.cpp builds a new one otherwise)."""

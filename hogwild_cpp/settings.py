@@ -17,6 +17,16 @@ CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}
 # flash attention: enum llama_flash_attn_type
 FLASH_ATTN = {"auto": -1, "on": 1, "off": 0}
 QUANTIZED = {"q8_0", "q4_0"}
+# how llama.cpp splits a model over several devices: enum llama_split_mode
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """HOST:PORT of a llama.cpp RPC server ([v6]:port too)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadInput(f"not an RPC endpoint (HOST:PORT): {text!r}")
+    return host.strip("[]"), int(port)
 
 
 @dataclass
@@ -42,6 +52,10 @@ class Settings:
     cache_type_k: str = "f16"       # a key of CACHE_TYPES
     cache_type_v: str = "f16"       # quantized: flash attention only (as in llama.cpp)
     flash_attn: str = "auto"        # a key of FLASH_ATTN (auto: on where the backend supports it)
+    split_mode: str = "layer"       # a key of SPLIT_MODES: several GPUs or RPC devices (llama.cpp's -sm)
+    tensor_split: list[float] | None = None  # the share of each device (llama.cpp's -ts)
+    main_gpu: int = 0               # the device of split mode none (llama.cpp's -mg)
+    rpc: list[str] | None = None    # llama.cpp RPC servers (HOST:PORT) whose devices take layers (--rpc)
     bench_step_tokens: int = 0      # benchmarks only: a step also ends after N sampled tokens (random weights
                                     # never end one), so that commits and folds are timed too
 
@@ -69,6 +83,14 @@ class Settings:
             raise BadInput(f"instructions go in the 'user' or the 'system' message, not {self.instructions_in!r}")
         if self.check_every is not None and self.check_every < 0:
             raise BadInput(f"check_every must be 0 (never) or more, got {self.check_every}")
+        if self.split_mode not in SPLIT_MODES:
+            raise BadInput(f"unknown split mode {self.split_mode!r}; choose from {', '.join(SPLIT_MODES)}")
+        if self.tensor_split is not None and (any(x < 0 for x in self.tensor_split) or not sum(self.tensor_split) > 0):
+            raise BadInput(f"--tensor-split needs non-negative shares, not all zero: {self.tensor_split}")
+        if self.main_gpu < 0:
+            raise BadInput(f"--main-gpu must be 0 or more, got {self.main_gpu}")
+        for ep in self.rpc or []:
+            parse_endpoint(ep)
         if self.bench_step_tokens < 0:
             raise BadInput(f"bench_step_tokens must be 0 (off) or more, got {self.bench_step_tokens}")
         if self.finisher_tokens is not None and self.finisher_tokens < 0:

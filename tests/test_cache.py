@@ -26,6 +26,8 @@ from models import gguf_gen
 
 # HOGWILD_TEST_NGL=99 runs every model fully offloaded (CUDA build on the GPU machine)
 NGL = int(os.environ.get("HOGWILD_TEST_NGL", "0"))
+# HOGWILD_TEST_SPLIT=layer|row: how those models are split over several GPUs (the two-GPU machine)
+SPLIT = os.environ.get("HOGWILD_TEST_SPLIT", "layer")
 
 # (type_k, type_v, tolerance on relative L2 of the logits)
 CACHE_TYPES = {
@@ -41,7 +43,8 @@ HEAD_LAYOUTS = {"mha": (128, 4, 4), "gqa": (128, 4, 2), "mqa": (192, 6, 1)}  # h
 def sharp_model(path, n_layer, n_embd=128, n_head=4, n_head_kv=2, weight_std=0.3):
     """A tiny random llama whose attention is sharp, so a wrong position shows in the logits."""
     return Model(gguf_gen.write_llama_gguf(path, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-                                           n_layer=n_layer, seed=7, weight_std=weight_std), n_gpu_layers=NGL)
+                                           n_layer=n_layer, seed=7, weight_std=weight_std),
+                 n_gpu_layers=NGL, split_mode=SPLIT)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def smollm2():
         if os.environ.get("HOGWILD_TEST_NO_DEFAULT_MODEL"):  # the GPU machine cannot carry it
             pytest.skip("default model not installed")
         raise
-    m = Model(path, n_gpu_layers=NGL)
+    m = Model(path, n_gpu_layers=NGL, split_mode=SPLIT)
     yield m
     m.close()
 

@@ -9,7 +9,7 @@ import pytest
 from hogwild_cpp.layouts import LAYOUTS
 from hogwild_cpp.native import Model
 from models import gguf_gen
-from test_cache import CACHE_TYPES, NGL, check_shared_prefix_at_offsets, check_views_match_fresh_decodes
+from test_cache import CACHE_TYPES, NGL, SPLIT, check_shared_prefix_at_offsets, check_views_match_fresh_decodes
 
 FAMILIES = gguf_gen.FAMILIES + gguf_gen.ISWA_FAMILIES
 
@@ -21,7 +21,8 @@ DEEP_LAYERS = {"gemma3": 7}
 
 def family_model(path, family, n_layer, weight_std):
     return Model(gguf_gen.write_family_gguf(path, family, n_layer=n_layer, seed=5, weight_std=weight_std,
-                                            sliding_window=SLIDING_WINDOW), n_gpu_layers=NGL)
+                                            sliding_window=SLIDING_WINDOW), n_gpu_layers=NGL,
+                 split_mode=SPLIT)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 the local CPU keeps every view exact (the same checks as tests/test_cache.py).
 
 Registering RPC devices is process-wide in llama.cpp (and a dead server aborts the process), so the
-checks run in a child process; the servers are llama.cpp's own RPC loop (`native.serve_rpc`, what
-`hogwild rpc-server` runs), started and stopped here, bound to 127.0.0.1 only.
+checks run in a child process; the servers are `hogwild rpc-server` (llama.cpp's own RPC loop), started
+and stopped here, bound to 127.0.0.1 only.
 """
 
 import os
@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = "import sys; from hogwild_cpp import native; native.serve_rpc('127.0.0.1', int(sys.argv[1]), 1)"
 
 
 def free_port() -> int:
@@ -51,8 +50,10 @@ def servers():
     try:
         for _ in range(2):
             port = free_port()
-            procs.append(subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env, cwd=ROOT,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            cmd = [sys.executable, "-m", "cli", "rpc-server", "--host", "127.0.0.1", "-p", str(port), "-t", "1",
+                   "--device", "cpu"]
+            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
             ports.append(port)
         for port, proc in zip(ports, procs):
             wait_listening(port, proc)
@@ -78,6 +79,38 @@ def test_views_are_exact_on_a_model_split_over_two_rpc_servers_and_the_cpu(serve
     assert "assigned to device RPC0" in out and "assigned to device RPC1" in out, out
     assert "assigned to device CPU" in out, out
     assert "views: ok" in out, out
+
+
+def test_a_run_over_rpc_servers_matches_a_local_run(servers, tmp_path):
+    """`hogwild run --rpc` (layers on the two servers, the rest on the CPU) against the same run on the CPU
+    alone: the same tokens, log-probabilities within float noise."""
+    from hogwild_cpp.trace import read_trace
+    from models import gguf_gen
+
+    model = gguf_gen.write_family_gguf(tmp_path / "m.gguf", "qwen2", n_layer=3, seed=5, weight_std=0.3)
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("Add 12 and 5.")
+    common = [str(model), str(prompt), "-np", "3", "-n", "16", "--temp", "0", "-t", "1", "-c", "4096",
+              "--protocol", str(tmp_path / "short.toml"), "--quiet"]
+    (tmp_path / "short.toml").write_text('[prompt]\nteam = "{n} of you ({names}) share one workspace."\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = {}
+    for name, extra in [("local", []), ("rpc", ["--rpc", ",".join(servers), "-ngl", "99"])]:
+        trace = tmp_path / f"{name}.jsonl"
+        res = subprocess.run([sys.executable, "-m", "cli", "run", *common, *extra, "--trace", str(trace)],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs[name] = [r for r in read_trace(trace)[2]]
+    local, remote = runs["local"], runs["rpc"]
+    assert [(r["worker"], r["token"]) for r in local] == [(r["worker"], r["token"]) for r in remote]
+    assert max(abs(a["logprob"] - b["logprob"]) for a, b in zip(local, remote)) < 1e-3
+
+
+def test_rpc_server_refuses_a_busy_port_in_one_line(servers):
+    port = servers[0].rsplit(":", 1)[1]
+    res = subprocess.run([sys.executable, "-m", "cli", "rpc-server", "-p", port], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2 and "cannot listen on 127.0.0.1:" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_an_unreachable_rpc_server_is_a_clear_error():
