@@ -91,7 +91,7 @@ class Worker:
 
 
 class Engine:
-    def __init__(self, model: Model, settings: Settings, trace_path=None):
+    def __init__(self, model: Model, settings: Settings, trace_path=None, spare: bool = False):
         settings.check()
         s = settings
         self.model, self.s, self.layout = model, s, LAYOUTS[s.layout]
@@ -105,14 +105,15 @@ class Engine:
         self.keeper = s.workers  # the sequence that holds blocks for the views and writes the finisher
         self.trace = TraceWriter(trace_path) if trace_path else None  # first: an unwritable path costs nothing
         try:
-            self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers + 1,
+            self.ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_batch=s.n_batch, n_seq_max=s.workers + 1 + spare,
                                                     n_threads=s.threads, type_k=s.cache_type_k,
                                                     type_v=s.cache_type_v, flash_attn=s.flash_attn))
         except BaseException:
             if self.trace is not None:
                 self.trace.discard()
             raise
-        self.cache = SharedCache(self.ctx, s.workers + 1)
+        self.cache = SharedCache(self.ctx, s.workers + 1 + spare)
+        self.spare = s.workers + 1 if spare else None  # a sequence for answer_now's finisher (hogwild eval)
         self.thinking = P.thinking_section(model.chat_template(), p)
         special = model.special_tokens()
         banned = {t for k, t in special.items() if k != "eos" or not s.stop_on_eos}
@@ -136,6 +137,7 @@ class Engine:
         self.finished_tokens = 0
         self.checks_done = 0
         self.decode_s = 0.0
+        self.on_step = None  # hogwild eval: called as on_step(engine, steps_done) before each step (None: off)
 
     # --- the loop -------------------------------------------------------------
 
@@ -146,6 +148,8 @@ class Engine:
         prompt_s = time.perf_counter() - t0
         reason, answer, by, step, t1 = "budget", None, None, 0, time.perf_counter()
         for step in range(self.s.max_steps):
+            if self.on_step is not None:
+                self.on_step(self, step)
             if self.stop_requested:
                 reason = "interrupted"
                 break
@@ -374,6 +378,32 @@ class Engine:
         finally:
             greedy.close()
         return text, answer, block
+
+    def answer_now(self) -> tuple[str | None, str | None, str | None, str]:
+        """The answer the run would give if its budget ended here, mid-run, without changing the run:
+        (answer, "worker" | "finisher" | None, the worker who wrote it, the finisher's text).
+
+        A \\boxed{} in a worker's unfinished step counts as the worker's, as at the end of a run; else
+        the finisher writes through the spare sequence (Engine(spare=True)) after everyone's text, and
+        then the spare's view is emptied, so the next decode drops the finisher's cells (the others keep
+        theirs) and the run goes on. Unlike the finisher at the end, it does not see each worker's last
+        sampled token (not decoded yet).
+        """
+        for w in self.workers:
+            found = P.extract_boxed(w.text, self.examples)
+            if found is not None:
+                return found, "worker", w.name, ""
+        if self.finisher_tokens <= 0:
+            return None, None, None, ""
+        if self.spare is None:
+            raise RuntimeError("answer_now needs Engine(spare=True)")
+        keeper, self.keeper = self.keeper, self.spare  # _finish writes through self.keeper
+        try:
+            text, answer, _ = self._finish()
+        finally:
+            self.keeper = keeper
+            self.cache.set_view(self.spare, [])
+        return answer, ("finisher" if answer is not None else None), None, text
 
     def _worker_text(self, w: Worker) -> str:
         """Its steps, with the token it sampled last (not decoded yet when the run stopped)."""
