@@ -22,6 +22,23 @@ def _float_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}")
 
 
+def _device_options(f):
+    """llama.cpp's options for models on several devices (GPUs, RPC servers), the same on run and bench."""
+    for opt in reversed([
+        click.option("-sm", "--split-mode", default="layer", show_default=True, type=click.Choice(list(SPLIT_MODES)),
+                     help="How to split the model over several GPUs or RPC devices (llama.cpp's): none, layer, "
+                          "row (CUDA)."),
+        click.option("-ts", "--tensor-split", default=None, callback=_float_list,
+                     help="The share of the model on each device, comma-separated (e.g. 3,1), as llama.cpp's -ts."),
+        click.option("-mg", "--main-gpu", default=0, show_default=True, type=click.IntRange(0),
+                     help="The device for split mode none (and for intermediate results with row)."),
+        click.option("--rpc", default=None, help="llama.cpp RPC servers (HOST:PORT,...) whose devices take layers "
+                     "(see `hogwild rpc-server`; never expose one to an untrusted network)."),
+    ]):
+        f = opt(f)
+    return f
+
+
 @click.group()
 @click.version_option(package_name="hogwild_cpp")
 def main():
@@ -30,30 +47,58 @@ def main():
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("prompt_file", type=click.File("r"))
-@click.option("-n", "--n-predict", default=64, show_default=True, help="Tokens to generate.")
-@click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores).")
-@click.option("--n-ctx", default=2048, show_default=True, help="Context size.")
-def complete(model, prompt_file, n_predict, threads, n_ctx):
-    """Greedy single-sequence completion of PROMPT_FILE (no workers; a baseline)."""
-    from hogwild_cpp import native  # slow import: keep `hogwild --help` fast
+@click.argument("prompt_file", type=click.Path(allow_dash=True, path_type=Path))
+@click.option("-n", "--n-predict", default=64, show_default=True, type=click.IntRange(1), help="Tokens to generate.")
+@click.option("-t", "--threads", type=click.IntRange(0), default=0, help="CPU threads (default: all cores).")
+@click.option("-c", "--ctx-size", "n_ctx", default=2048, show_default=True, type=click.IntRange(1),
+              help="Context size in tokens.")
+@click.option("--n-ctx", "n_ctx_alias", default=None, type=click.IntRange(1), hidden=True)  # the old name of -c
+@click.option("-s", "--seed", default=0, show_default=True, type=click.IntRange(-1, 0xFFFFFFFF),
+              help="Sampling seed (-1: a random one, printed).")
+@click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
+@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
+@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--raw", is_flag=True, help="The prompt as it is, without the model's chat template.")
+def complete(model, prompt_file, n_predict, threads, n_ctx, n_ctx_alias, seed, temp, top_k, top_p, min_p, raw):
+    """One sequence completing PROMPT_FILE ('-': stdin), no workers: a baseline for `run`, with its chat
+    template (the prompt as the user message; --raw: none), its sampling and its seed."""
+    from hogwild_cpp import native, protocol  # slow import: keep `hogwild --help` fast
 
-    prompt = prompt_file.read()
+    prompt = _read_prompt(prompt_file)
+    n_ctx = n_ctx_alias or n_ctx
+    seed = _pick_seed(seed)
     try:
         m = native.Model(model)
-    except native.NativeError as exc:
+    except native.NativeError as exc:  # a file llama.cpp cannot load: one line, exit 2
         raise InputError(str(exc))
-    ctx = native.Context(m, native.ContextConfig(n_ctx=n_ctx, n_threads=threads or 0, hogwild=False))
-    tokens = m.tokenize(prompt, add_special=True)
+    text = None
+    if not raw and m.chat_template():
+        text = m.apply_chat_template([("user", prompt.strip())])
+        thinking = protocol.thinking_section(m.chat_template(), protocol.default())
+        if text is not None and thinking is not None and not text.endswith(thinking.open):
+            text += thinking.open
+    text = prompt if text is None else text
+    try:
+        ctx = native.Context(m, native.ContextConfig(n_ctx=n_ctx, n_threads=threads, hogwild=False))
+    except native.NativeError as exc:
+        m.close()
+        raise click.ClickException(f"{exc} (try a smaller -c)")
+    tokens = m.tokenize(text, add_special=True)
     if len(tokens) + n_predict > ctx.n_ctx:
-        raise click.UsageError(f"prompt ({len(tokens)} tokens) + {n_predict} tokens do not fit --n-ctx {n_ctx}")
-    greedy = native.Sampler(m.n_vocab, 0.0)
-    start, n_generated, pos = time.perf_counter(), 0, 0
+        raise InputError(f"the prompt ({len(tokens)} tokens) and {n_predict} tokens do not fit the context "
+                         f"({ctx.n_ctx} tokens): use -c {len(tokens) + n_predict} or more")
+    sampler = native.Sampler(m.n_vocab, temp, top_k, top_p, min_p, seed)
+    n_prompt, n_generated, pos = len(tokens), 0, 0
+    start = time.perf_counter()
+    prompt_s = None
     ctx.clear()
     while n_generated < n_predict:
         logits = ctx.decode([(t, pos + i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])[-1]
         pos += len(tokens)
-        token = greedy.sample(logits)
+        if prompt_s is None:
+            prompt_s = time.perf_counter() - start
+        token = sampler.sample(logits)
         if m.is_eog(token):
             break
         click.echo(m.piece(token).decode("utf-8", errors="replace"), nl=False)
@@ -61,10 +106,24 @@ def complete(model, prompt_file, n_predict, threads, n_ctx):
         tokens = [token]
     click.echo()
     elapsed = time.perf_counter() - start
-    greedy.close()
+    gen_s = max(elapsed - (prompt_s or 0.0), 1e-9)
+    sampler.close()
     ctx.close()
     m.close()
-    print(f"{n_generated} tokens in {elapsed:.2f} s ({n_generated / elapsed:.1f} tok/s)", file=sys.stderr)
+    print(f"prompt: {n_prompt} tokens in {prompt_s or 0.0:.2f} s ({n_prompt / max(prompt_s or 0.0, 1e-9):.1f} tok/s)\n"
+          f"generated: {n_generated} tokens in {gen_s:.2f} s ({n_generated / gen_s:.1f} tok/s)", file=sys.stderr)
+
+
+def _pick_seed(seed: int) -> int:
+    """-1 (or llama.cpp's LLAMA_DEFAULT_SEED, 0xFFFFFFFF): a random seed, printed on stderr so that the run can
+    be repeated with -s; any other seed as it is."""
+    if seed not in (-1, 0xFFFFFFFF):
+        return seed
+    import secrets
+
+    seed = secrets.randbelow(2 ** 31)
+    print(f"seed: {seed} (-s {seed} repeats this run)", file=sys.stderr)
+    return seed
 
 
 class InputError(click.ClickException):
@@ -117,15 +176,60 @@ class LiveView:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write FILE.tmp, then rename it to FILE: FILE is whole or untouched, and no .tmp stays behind."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a temporary file of its own next to FILE (.FILE.XXXXXXXX.tmp), then rename it to FILE: FILE is
+    whole or untouched, no temporary file stays behind, and two runs writing the same FILE never share one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        if not tmp.is_dir():
-            tmp.unlink(missing_ok=True)
+        with open(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as a file opened for writing would be (mkstemp: 0600)
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def _check_collisions(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Outputs must differ from each other and from every input (the prompt, the model, the protocol)."""
+    outs = [(flag, p) for flag, p in outputs.items() if p is not None]
+    for i, (flag, path) in enumerate(outs):
+        for other, p in outs[:i]:
+            if _same_file(path, p):
+                raise click.BadParameter(f"{path} is also the {other} file: give each its own", param_hint=flag)
+        for name, p in inputs.items():
+            if p is not None and str(p) != "-" and _same_file(path, p):
+                raise click.BadParameter(f"{path} is the {name}: it would be overwritten", param_hint=flag)
+
+
+class _Interrupt:
+    """The SIGINT handler of a run, installed before the model loads: Ctrl-C is remembered (never raised
+    inside llama.cpp's callbacks, where Python would swallow it) and stops the run as soon as there is one."""
+
+    def __init__(self):
+        self.requested, self.run = False, None
+
+    def __call__(self, *_):
+        self.requested = True
+        if self.run is not None:
+            self.run.stop()
+
+    def attach(self, run) -> None:
+        self.run = run
+        if self.requested:
+            run.stop()
 
 
 def _save_result(path: Path, text: str) -> str | None:
@@ -167,14 +271,7 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.option("-c", "--ctx-size", default=0, show_default=True, type=click.IntRange(0),
               help="Context size in tokens (0: from the model, at most 8192).")
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
-@click.option("-sm", "--split-mode", default="layer", show_default=True, type=click.Choice(list(SPLIT_MODES)),
-              help="How to split the model over several GPUs or RPC devices (llama.cpp's): none, layer, row (CUDA).")
-@click.option("-ts", "--tensor-split", default=None, callback=_float_list,
-              help="The share of the model on each device, comma-separated (e.g. 3,1), as llama.cpp's -ts.")
-@click.option("-mg", "--main-gpu", default=0, show_default=True, type=click.IntRange(0),
-              help="The device for split mode none (and for intermediate results with row).")
-@click.option("--rpc", default=None, help="llama.cpp RPC servers (HOST:PORT,...) whose devices take layers "
-              "(see `hogwild rpc-server`; never expose one to an untrusted network).")
+@_device_options
 @click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
 @click.option("-fa", "--flash-attn", default="auto", show_default=True, type=click.Choice(list(FLASH_ATTN)),
               help="Flash attention (auto: where the backend supports it).")
@@ -182,7 +279,8 @@ def _check_output_path(path: Path | None, flag: str) -> None:
               help="KV cache type for K.")
 @click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for V (a quantized V needs flash attention).")
-@click.option("-s", "--seed", default=0, show_default=True, help="Sampling seed (worker w uses seed + w).")
+@click.option("-s", "--seed", default=0, show_default=True, type=click.IntRange(-1, 0xFFFFFFFF),
+              help="Sampling seed (worker w uses seed + w; -1: a random one, printed).")
 @click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
 @click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
 @click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1))
@@ -203,7 +301,8 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.option("--trace", "trace_file", type=click.Path(path_type=Path), help="Write the JSONL trace here.")
 @click.option("--output", "output_file", type=click.Path(path_type=Path), help="Write the result as JSON here.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
-@click.option("--quiet", is_flag=True, help="Print only the answer.")
+@click.option("--quiet", is_flag=True, help="Print only the answer (nothing if there is none). Exit code: 0 with an "
+              "answer, 3 when the run ended without one, 130 interrupted, 1 a failure, 2 bad input.")
 @click.option("--no-color", is_flag=True, help="No colours.")
 def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, split_mode, tensor_split, main_gpu, rpc,
         threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every,
@@ -218,9 +317,18 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     from hogwild_cpp.errors import Unsupported
     from hogwild_cpp.engine import DoneEvent, Progress, StepEvent, TokenEvent
 
-    problem = _read_prompt(prompt_file)
+    try:
+        problem = _read_prompt(prompt_file)
+    except KeyboardInterrupt:  # Ctrl-C while reading stdin
+        print("stop: interrupted", file=sys.stderr)
+        sys.exit(130)
+    stop = _Interrupt()
+    signal.signal(signal.SIGINT, stop)  # from here on Ctrl-C ends the run with exit 130, writing what it has
     _check_output_path(trace_file, "--trace")
     _check_output_path(output_file, "--output")
+    _check_collisions({"--trace": trace_file, "--output": output_file},
+                      {"prompt file": prompt_file, "model": model, "protocol file": protocol_file})
+    seed = _pick_seed(seed)
     settings = Settings(workers=workers, layout=layout, names=[n.strip() for n in names.split(",")] if names else None,
                         max_steps=max_steps, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads, seed=seed,
                         temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, check_every=check_every,
@@ -239,7 +347,12 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
               "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
     try:
         hw = Hogwild(model, settings)
+        n_train = hw.model.n_ctx_train
+        if ctx_size > n_train > 0:
+            print(f"warning: -c {ctx_size} is more than the {n_train} tokens {model.name} was trained on: "
+                  f"past them its output may degrade, and the KV cache grows with -c", file=sys.stderr)
         run = hw.start(problem, trace=trace_file)
+        stop.attach(run)
     except Unsupported as exc:
         raise InputError(f"{model.name} cannot run as hogwild workers: {exc}")
     except BadInput as exc:  # a model llama.cpp cannot load
@@ -251,15 +364,14 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     tty = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if tty else None
     view = LiveView(run.names, color=tty and not no_color, quiet=quiet, width=width)
-    signal.signal(signal.SIGINT, lambda *_: run.stop())
-    result = None
+    result, t_prefill = None, time.perf_counter()
     try:
         for ev in run.events():
             if isinstance(ev, TokenEvent):
                 view.token(ev.worker, ev.text)
             elif isinstance(ev, StepEvent):
                 view.flush()
-            elif isinstance(ev, Progress) and not quiet and ev.total > 512:
+            elif isinstance(ev, Progress) and not quiet and time.perf_counter() - t_prefill > PROGRESS_AFTER_S:
                 print(f"prompt: {ev.done}/{ev.total} tokens", file=sys.stderr)
             elif isinstance(ev, DoneEvent):
                 result = ev.result
@@ -268,12 +380,16 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     except RunFailure as exc:
         raise click.ClickException(str(exc))
     view.flush()
-    click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  ({_how(result)})")
+    if not quiet:
+        click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  ({_how(result)})")
+    elif result.answer is not None:  # the answer alone; the exit code says whether there was one
+        click.echo(result.answer)
     failures = []
     if run.trace_error is not None:
         failures.append(f"the trace was not written: {trace_file} ({run.trace_error.strerror or run.trace_error})")
     if output_file:
-        failure = _save_result(output_file, json.dumps(asdict(result), indent=1, ensure_ascii=False))
+        record = {**asdict(result), "model": str(model), "settings": _settings_record(settings, protocol_file)}
+        failure = _save_result(output_file, json.dumps(record, indent=1, ensure_ascii=False))
         if failure:
             failures.append(failure)
     if not quiet:
@@ -286,7 +402,24 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     if failures:  # a runtime failure: exit 1, after everything else was saved and said
         raise click.ClickException("; ".join(failures))
     if result.reason == "interrupted":
+        if quiet:
+            print("stop: interrupted", file=sys.stderr)
         sys.exit(130)
+    if quiet and result.answer is None:
+        sys.exit(3)
+
+
+# Progress of the prompt's prefill is printed once it has taken this long
+PROGRESS_AFTER_S = 1.0
+
+
+def _settings_record(settings, protocol_file: Path | None) -> dict:
+    """The run's settings for the output JSON: Settings as a dict, the protocol as its file or "default"."""
+    from dataclasses import fields
+
+    record = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    record["protocol"] = str(protocol_file) if protocol_file is not None else "default"
+    return record
 
 
 def _how(result) -> str:
@@ -309,6 +442,8 @@ def _read_prompt(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise click.BadParameter(f"{path} is not UTF-8 text", param_hint="PROMPT_FILE")
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")  # a BOM, CRLF (Windows)
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")  # a BOM, CRLF (Windows)
     if not text.strip():
         raise click.BadParameter(f"{path} is empty", param_hint="PROMPT_FILE")
     return text
@@ -329,14 +464,7 @@ def _int_list(ctx, param, value):
               help="Context lengths (tokens per worker view), comma-separated.")
 @click.option("--steps", default=20, show_default=True, help="Timed decode steps per measurement.")
 @click.option("-ngl", "--gpu-layers", default=0, show_default=True, help="Layers to offload to the GPU.")
-@click.option("-sm", "--split-mode", default="layer", show_default=True, type=click.Choice(list(SPLIT_MODES)),
-              help="How to split the model over several GPUs or RPC devices (llama.cpp's): none, layer, row (CUDA).")
-@click.option("-ts", "--tensor-split", default=None, callback=_float_list,
-              help="The share of the model on each device, comma-separated (e.g. 3,1), as llama.cpp's -ts.")
-@click.option("-mg", "--main-gpu", default=0, show_default=True, type=click.IntRange(0),
-              help="The device for split mode none (and for intermediate results with row).")
-@click.option("--rpc", default=None, help="llama.cpp RPC servers (HOST:PORT,...) whose devices take layers "
-              "(see `hogwild rpc-server`; never expose one to an untrusted network).")
+@_device_options
 @click.option("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores).")
 @click.option("--device", default="cpu", show_default=True, help="Label for the device column.")
 @click.option("-fa", "--flash-attn", "flash", type=click.Choice([*FLASH_ATTN, "both"]), default="auto",
@@ -365,7 +493,7 @@ def bench(model, workers, ctxs, steps, gpu_layers, split_mode, tensor_split, mai
 
     if cache_type_v in QUANTIZED and flash in ("off", "both"):
         raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention: use -fa on or auto")
-    from hogwild_cpp import BadInput, Settings
+    from hogwild_cpp import BadInput, RunFailure, Settings
 
     placement = dict(split_mode=split_mode, tensor_split=tensor_split, main_gpu=main_gpu)
     try:
@@ -385,14 +513,21 @@ def bench(model, workers, ctxs, steps, gpu_layers, split_mode, tensor_split, mai
                                  progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
         except BadInput as exc:
             raise InputError(str(exc))
+        except RunFailure as exc:
+            raise click.ClickException(str(exc))
         click.echo(b.markdown(e2e_rows))
         if json_file:
             _write_atomic(json_file, json.dumps({"e2e_rows": [asdict(r) for r in e2e_rows]}, indent=1))
         return
-    rows, profiles = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
-                           device=device, flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels,
-                           placement=placement,
-                           progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    try:
+        rows, profiles = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
+                               device=device, flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels,
+                               placement=placement,
+                               progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    except BadInput as exc:  # a model llama.cpp cannot load: one line, exit 2
+        raise InputError(str(exc))
+    except RunFailure as exc:
+        raise click.ClickException(str(exc))
     click.echo(b.markdown(rows))
     if json_file:
         _write_atomic(json_file, json.dumps({"rows": [asdict(r) for r in rows], "kernel_profiles": profiles},

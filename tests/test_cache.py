@@ -347,13 +347,9 @@ def greedy(model, step, prompt, n):
     return out
 
 
-@pytest.mark.parametrize("flash", ["off", "on"])
-@pytest.mark.parametrize("which", ["tiny", "deep", "smollm2"])
-def test_one_worker_one_block_generates_exactly_like_stock_llama_cpp(tiny_models, deep_model, smollm2, which, flash):
-    model = {"tiny": tiny_models["gqa"], "deep": deep_model, "smollm2": smollm2}[which]
-    prompt = list(range(20, 45))
-
-    stock = Context(model, ContextConfig(n_ctx=512, n_threads=2, flash_attn=flash, hogwild=False))
+def check_one_worker_generates_like_stock(model, prompt, n, flash, n_ctx=512):
+    """One worker over one block, greedy: the same tokens as stock llama.cpp decoding the same prompt."""
+    stock = Context(model, ContextConfig(n_ctx=n_ctx, n_threads=2, flash_attn=flash, hogwild=False))
     pos = [0]
 
     def stock_step(toks):
@@ -361,13 +357,21 @@ def test_one_worker_one_block_generates_exactly_like_stock_llama_cpp(tiny_models
         pos[0] += len(toks)
         return stock.decode(items)[0]
 
-    ctx = Context(model, ContextConfig(n_ctx=512, n_threads=2, flash_attn=flash))
+    ctx = Context(model, ContextConfig(n_ctx=n_ctx, n_threads=2, flash_attn=flash))
     cache = SharedCache(ctx, 1)
-    block = cache.new_block("prompt")
-    cache.set_view(0, [block.id])
+    cache.set_view(0, [cache.new_block("prompt").id])
+    try:
+        assert greedy(model, lambda toks: cache.decode({0: toks})[0], prompt, n) == greedy(model, stock_step, prompt, n)
+    finally:
+        ctx.close()
+        stock.close()
 
-    assert greedy(model, lambda toks: cache.decode({0: toks})[0], prompt, 30) == \
-        greedy(model, stock_step, prompt, 30)
+
+@pytest.mark.parametrize("flash", ["off", "on"])
+@pytest.mark.parametrize("which", ["tiny", "deep", "smollm2"])
+def test_one_worker_one_block_generates_exactly_like_stock_llama_cpp(tiny_models, deep_model, smollm2, which, flash):
+    model = {"tiny": tiny_models["gqa"], "deep": deep_model, "smollm2": smollm2}[which]
+    check_one_worker_generates_like_stock(model, list(range(20, 45)), 30, flash)
 
 
 def test_a_step_whose_copies_do_not_fit_fails_cleanly_and_changes_nothing(tiny_models):

@@ -104,27 +104,9 @@ def test_missing_chunks_name_the_make_target(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("flash", ["off", "on"])
 def test_one_worker_one_block_generates_exactly_like_stock_llama_cpp(model, flash):
-    from hogwild_cpp.cache import SharedCache
-    from test_cache import greedy as greedy_steps
+    from test_cache import check_one_worker_generates_like_stock
 
-    prompt = model.tokenize(PROMPT, add_special=True)
-    stock = Context(model, ContextConfig(n_ctx=256, n_threads=2, flash_attn=flash, hogwild=False))
-    pos = [0]
-
-    def stock_step(toks):
-        items = [(t, pos[0] + i, 0, i == len(toks) - 1) for i, t in enumerate(toks)]
-        pos[0] += len(toks)
-        return stock.decode(items)[0]
-
-    ctx = Context(model, ContextConfig(n_ctx=256, n_threads=2, flash_attn=flash))
-    cache = SharedCache(ctx, 1)
-    cache.set_view(0, [cache.new_block("prompt").id])
-    try:
-        assert greedy_steps(model, lambda toks: cache.decode({0: toks})[0], prompt, 20) == \
-            greedy_steps(model, stock_step, prompt, 20)
-    finally:
-        ctx.close()
-        stock.close()
+    check_one_worker_generates_like_stock(model, model.tokenize(PROMPT, add_special=True), 20, flash, n_ctx=256)
 
 
 @pytest.mark.parametrize("cache_type,flash", [("f16", "off"), ("f16", "on"), ("q8_0-kv", "on")])
