@@ -686,5 +686,59 @@ def serve(model, host, port, api_key, max_queue, alias, **opts):
     print("hogwild serve: stopped", file=sys.stderr)
 
 
+# --- eval: accuracy against budget (hogwild_cpp/eval.py) ----------------------------------------
+
+@main.command("eval")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", default="builtin")
+@click.option("--budgets", default="256,512,1024", show_default=True, callback=_int_list,
+              help="Budgets in parallel decode steps, comma-separated: one run to the largest gives them all.")
+@click.option("-np", "--workers", default="1,2", show_default=True, callback=_int_list,
+              help="Worker counts, comma-separated (1: one worker with the same finisher, the baseline).")
+@click.option("--layout", default="combined", show_default=True, type=click.Choice(list(LAYOUTS)))
+@click.option("--baseline", type=click.Choice(["independent"]), default=None,
+              help="Also W independent one-worker runs (seeds seed..seed+W-1, no shared cache), majority vote.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N problems.")
+@click.option("--out", "out_dir", default="eval-out", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Results (results.jsonl, resumed on a rerun), summary.json/.csv, accuracy.png, report.html.")
+@click.option("-c", "--ctx-size", default=0, show_default=True, type=click.IntRange(0),
+              help="Context size in tokens (0: from the model, at most 8192).")
+@click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
+@click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
+@click.option("-s", "--seed", default=0, show_default=True, help="Sampling seed (worker w uses seed + w).")
+@click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
+@click.option("--finisher-tokens", type=click.IntRange(1), default=None,
+              help="Greedy tokens the finisher may write at each budget (default: the protocol's, 16).")
+@click.option("--protocol", "protocol_file", type=click.Path(path_type=Path), help="A protocol file (see run).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_cmd(model, data, budgets, workers, layout, baseline, limit, out_dir, ctx_size, gpu_layers, threads, seed,
+             temp, finisher_tokens, protocol_file, quiet):
+    """Accuracy against budget on DATA (JSONL with problem/question and answer/solution fields, or
+    `builtin`: examples/arith.jsonl) for each worker count, the paper's protocol (README, Evaluating).
+
+    Rerun with the same --out to resume; Ctrl-C keeps every finished problem."""
+    from hogwild_cpp import BadInput, RunFailure, Settings
+    from hogwild_cpp import eval as ev
+    from hogwild_cpp.errors import Unsupported
+
+    try:
+        settings = Settings(layout=layout, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads, seed=seed,
+                            temp=temp, finisher_tokens=finisher_tokens, protocol=protocol_file)
+        settings.check()
+        ev.load_data(data, limit)  # bad data: one line, before the model loads
+        summary = ev.run_eval(model, data, budgets, workers, out_dir, settings, baseline=baseline, limit=limit,
+                              progress=not quiet)
+    except (BadInput, Unsupported) as exc:
+        raise InputError(str(exc))
+    except RunFailure as exc:
+        raise click.ClickException(str(exc))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished problems are in {out_dir / 'results.jsonl'}; rerun to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    click.echo(ev.table(summary))
+    print(f"wrote {out_dir}/summary.json, summary.csv, accuracy.png, report.html", file=sys.stderr)
+
+
 if __name__ == "__main__":
     main()
