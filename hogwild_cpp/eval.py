@@ -254,9 +254,10 @@ def evaluate_item(model, settings, cfg: Config, item: Item, budgets: list[int], 
             entry = dict(got[0])
         else:
             answer = vote([g["answer"] for g in got])
-            entry = dict(answer=answer, source="vote", worker=None, finisher="",
-                         votes=[g["answer"] for g in got], wall_s=max(g["wall_s"] for g in got),
-                         tokens=sum(g["tokens"] for g in got))
+            won = next((g for g in got if answer is not None and g["answer"] == answer), None)
+            entry = dict(answer=answer, source=won["source"] if won else None, worker=None, finisher="",
+                         votes=[g["answer"] for g in got], vote_sources=[g["source"] for g in got],
+                         wall_s=max(g["wall_s"] for g in got), tokens=sum(g["tokens"] for g in got))
         entry["correct"] = same_answer(entry["answer"], item.answer)
         per_budget[str(b)] = entry
     texts = runs[0]["texts"] if len(runs) == 1 else {f"run{i + 1}": r["texts"] for i, r in enumerate(runs)}
@@ -264,7 +265,8 @@ def evaluate_item(model, settings, cfg: Config, item: Item, budgets: list[int], 
                 problem=item.problem, gold=item.answer, per_budget=per_budget,
                 reason=[r["reason"] for r in runs], steps=[r["steps"] for r in runs], texts=texts,
                 wall_s=max(r["wall_s"] for r in runs) if runs else 0.0,
-                tokens=sum(r["tokens"] for r in runs), generate_s=sum(r["generate_s"] for r in runs))
+                tokens=sum(r["tokens"] for r in runs), generate_s=sum(r["generate_s"] for r in runs),
+                prompt_s=max(r["prompt_s"] for r in runs))
 
 
 class _Loaded:
@@ -438,6 +440,8 @@ def plot(summary: dict) -> bytes:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     ax1.set_xscale("log", base=2)
+    ax1.set_xticks(summary["budgets"], [str(b) for b in summary["budgets"]])
+    ax1.minorticks_off()
     ax1.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
