@@ -147,12 +147,14 @@ class Engine:
         yield from self._prefill(problem)
         prompt_s = time.perf_counter() - t0
         reason, answer, by, step, t1 = "budget", None, None, 0, time.perf_counter()
+        n_steps = self.s.max_steps  # steps decoded (an interrupt before a step's decode does not count it)
         for step in range(self.s.max_steps):
             if self.on_step is not None:
                 self.on_step(self, step)
             if self.stop_requested:
-                reason = "interrupted"
+                reason, n_steps = "interrupted", step
                 break
+            n_steps = step + 1
             decoded = self._decode_step()
             if decoded is None:  # no room for the step's tokens or the copies attention needs
                 reason = "ctx_full"
@@ -194,7 +196,7 @@ class Engine:
                         transcript=self.model.detokenize([t for b in everyone for t in self.cache.blocks[b].tokens]),
                         prompt_tokens=len(self.prompt.tokens), prompt_s=prompt_s,
                         generated={w.name: w.generated for w in self.workers}, generate_s=generate_s,
-                        steps=step + 1, finisher=finisher, answer_source=source, answer_worker=by,
+                        steps=n_steps, finisher=finisher, answer_source=source, answer_worker=by,
                         decode_s=self.decode_s)
         if self.trace:
             self.trace.end(self.cache.blocks.values(), result.reason, result.answer, source, by)
@@ -223,6 +225,8 @@ class Engine:
         kept = [self.prompt.id]
         c.set_view(k, kept)
         for i in range(0, len(toks), self.s.n_batch):
+            if self.stop_requested and i:  # Ctrl-C: the rest of the prompt is left out, the run ends interrupted
+                break
             c.decode({k: toks[i:i + self.s.n_batch]})
             yield Progress(min(i + self.s.n_batch, len(toks)), len(toks))
 
@@ -317,7 +321,8 @@ class Engine:
         w.generated += 1
         w.step_sampled += 1
         if self.trace:  # the view it was sampled from: what was just decoded, the others' tokens included
-            self.trace.token(step, w.name, self.cache.view_prefixes(w.index), tok, self.ctx.logits(output))
+            self.trace.token(step, w.name, self.cache.view_prefixes(w.index), tok, self.ctx.logits(output),
+                             self.model.piece(tok).decode("utf-8", errors="replace"))
         piece = self.model.piece(tok).decode("utf-8", errors="replace")
         w.pending, w.sampled = [tok], True
         w.text += piece
@@ -367,7 +372,8 @@ class Engine:
                     break
                 tok = greedy.sample(logits)
                 if self.trace:
-                    self.trace.token(None, None, self.cache.view_prefixes(k), tok, logits)
+                    self.trace.token(None, None, self.cache.view_prefixes(k), tok, logits,
+                                     self.model.piece(tok).decode("utf-8", errors="replace"))
                 if self.model.is_eog(tok):
                     break
                 text += self.model.piece(tok).decode("utf-8", errors="replace")

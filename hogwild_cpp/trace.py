@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ def logprob(logits: np.ndarray, token: int) -> float:
 
 
 class TraceWriter:
-    """Writes to FILE.tmp as the run goes and renames it to FILE when closed: no half-written file.
+    """Writes to a temporary file of its own next to FILE (.FILE.XXXX.tmp) as the run goes and renames
+    it to FILE when closed: no half-written file, and two runs given the same FILE never share one.
 
     A write that fails (a full disk, a file size limit) does not stop the run: the trace is dropped,
     its temporary file removed, and the reason kept in `error` for the caller to report.
@@ -35,8 +37,12 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.f = open(self.tmp, "w", encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        self.f = open(fd, "w", encoding="utf-8")
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # as a file opened for writing would be (mkstemp makes it 0600)
         self.error: OSError | None = None
 
     def header(self, *, model: str, n_ctx: int, workers: list[str], layout: str, seed: int, sampling: dict,
@@ -49,11 +55,14 @@ class TraceWriter:
                     "finisher_tokens": finisher_tokens, "thinking": thinking})
 
     def token(self, step: int | None, worker: str | None, view: list[tuple[int, int]], token: int,
-              logits: np.ndarray) -> None:
-        """A sampled token; `view`: (block id, tokens of it) of the view it was sampled from, in order.
-        Finisher tokens have no step and no worker."""
-        self.write({"type": "token", "step": step, "worker": worker, "view": [[b, n] for b, n in view],
-                    "token": token, "logprob": logprob(logits, token)})
+              logits: np.ndarray, text: str | None = None) -> None:
+        """A sampled token; `view`: (block id, tokens of it) of the view it was sampled from, in order;
+        `text`: its piece, for reading (the token id is what replays). Finisher tokens have no step and no worker."""
+        rec = {"type": "token", "step": step, "worker": worker, "view": [[b, n] for b, n in view],
+               "token": token, "logprob": logprob(logits, token)}
+        if text is not None:
+            rec["text"] = text
+        self.write(rec)
 
     def end(self, blocks, reason: str, answer: str | None, answer_source: str | None = None,
             answer_worker: str | None = None) -> None:
