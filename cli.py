@@ -349,8 +349,10 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         hw = Hogwild(model, settings)
         n_train = hw.model.n_ctx_train
         if ctx_size > n_train > 0:
+            kv = _kv_cache_bytes(hw.model, ctx_size, cache_type_k, cache_type_v)
             print(f"warning: -c {ctx_size} is more than the {n_train} tokens {model.name} was trained on: "
-                  f"past them its output may degrade, and the KV cache grows with -c", file=sys.stderr)
+                  f"past them its output may degrade; the KV cache takes "
+                  f"{'about ' + _size(kv) if kv else 'memory in proportion to -c'}", file=sys.stderr)
         run = hw.start(problem, trace=trace_file)
         stop.attach(run)
     except Unsupported as exc:
@@ -407,6 +409,36 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         sys.exit(130)
     if quiet and result.answer is None:
         sys.exit(3)
+
+
+def _kv_cache_bytes(model, n_ctx: int, type_k: str, type_v: str) -> int | None:
+    """An estimate of the KV cache's size (every layer, K and V, n_ctx cells), or None if unknown."""
+    import ctypes
+
+    import llama_cpp.llama_cpp as ll
+
+    def meta(key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = ll.llama_model_meta_val_str(model.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else None
+
+    per_elem = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+    try:
+        n_layer, n_embd = ll.llama_model_n_layer(model.ptr), ll.llama_model_n_embd(model.ptr)
+        n_head, n_head_kv = ll.llama_model_n_head(model.ptr), ll.llama_model_n_head_kv(model.ptr)
+        arch = meta("general.architecture") or ""
+        k_len = int(meta(f"{arch}.attention.key_length") or n_embd // max(n_head, 1))
+        v_len = int(meta(f"{arch}.attention.value_length") or k_len)
+        return int(n_ctx * n_layer * n_head_kv * (k_len * per_elem[type_k] + v_len * per_elem[type_v]))
+    except Exception:  # an estimate for a warning: never a reason to fail
+        return None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 # Progress of the prompt's prefill is printed once it has taken this long

@@ -168,6 +168,7 @@ def test_a_context_past_the_trained_one_is_warned_about_and_runs(one_layer):
     res = invoke("run", one_layer, "-", "-n", "2", "--temp", "0", "-t", "1", "-c", "16384")
     assert res.exit_code == 0, res.output
     assert "warning: -c 16384 is more than the 8192 tokens one.gguf was trained on" in res.output
+    assert "the KV cache takes about 4.0 MiB" in res.output  # 16384 cells x 1 layer x 2 KV heads x (32 + 32) x f16
     quiet = invoke("run", one_layer, "-", "-n", "2", *FAST)
     assert "warning" not in quiet.output
 
