@@ -208,10 +208,10 @@ def _check_collisions(outputs: dict[str, Path | None], inputs: dict[str, Path | 
     for i, (flag, path) in enumerate(outs):
         for other, p in outs[:i]:
             if _same_file(path, p):
-                raise click.BadParameter(f"{path} is also the {other} file: give each its own", param_hint=flag)
+                raise InputError(f"{flag} {path} is also the {other} file: give each its own")
         for name, p in inputs.items():
             if p is not None and str(p) != "-" and _same_file(path, p):
-                raise click.BadParameter(f"{path} is the {name}: it would be overwritten", param_hint=flag)
+                raise InputError(f"{flag} {path} is the {name}: it would be overwritten")
 
 
 class _Interrupt:

@@ -124,6 +124,7 @@ def test_outputs_that_collide_with_each_other_or_an_input_are_refused(one_layer,
     before = one_layer.stat().st_mtime_ns
     res = invoke("run", one_layer, prompt, "-n", "2", *FAST, *flags)
     one_error(res, "it would be overwritten" if which != "output-trace" else "is also the --trace file")
+    assert len(res.output.strip().splitlines()) == 1, res.output  # no usage block: one line
     assert prompt.read_text() == PROBLEM and one_layer.stat().st_mtime_ns == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
 
