@@ -148,6 +148,9 @@ class Engine:
         prompt_s = time.perf_counter() - t0
         reason, answer, by, step, t1 = "budget", None, None, 0, time.perf_counter()
         n_steps = self.s.max_steps  # steps decoded (an interrupt before a step's decode does not count it)
+        # a step's events go out once the next step's decode is queued: what the consumer does with them
+        # (printing, a server's stream) overlaps the device's work instead of sitting between two decodes
+        deferred: list = []
         for step in range(self.s.max_steps):
             if self.on_step is not None:
                 self.on_step(self, step)
@@ -159,13 +162,16 @@ class Engine:
             if decoded is None:  # no room for the step's tokens or the copies attention needs
                 reason = "ctx_full"
                 break
+            yield from deferred
+            deferred = []
+            self._wait()
             outputs, writers = decoded
             # every sampling worker's next token in one native call, over llama.cpp's own logits
             sampling = [w for w in writers if not w.finishing]
             tokens = dict(zip([w.index for w in sampling],
                               self.ctx.sample([outputs[w.index] for w in sampling], [w.sampler for w in sampling])))
             for w in writers:
-                finished = yield from self._advance(w, step, tokens.get(w.index), outputs[w.index])
+                finished = _collect(self._advance(w, step, tokens.get(w.index), outputs[w.index]), deferred)
                 if finished is not None:
                     found = P.extract_boxed(finished, self.examples)
                     if found is not None:
@@ -177,6 +183,7 @@ class Engine:
                 break
             if reason == "eos":
                 break
+        yield from deferred
         generate_s = time.perf_counter() - t1
         if answer is None:  # an answer in a step its writer had not finished yet
             for w in self.workers:
@@ -305,12 +312,18 @@ class Engine:
         t0 = time.perf_counter()
         try:
             outputs = self.cache.decode({w.index: w.pending for w in writers}, copy_logits=False)
-            self.ctx.synchronize()  # sampling waits for it anyway; timed here, the device's work counts as decoding
         except ContextFull:
             return None
         finally:
             self.decode_s += time.perf_counter() - t0
         return outputs, writers
+
+    def _wait(self) -> None:
+        """Wait for the queued decode on the device (llama_decode returns once a GPU's work is queued);
+        counted as decoding."""
+        t0 = time.perf_counter()
+        self.ctx.synchronize()
+        self.decode_s += time.perf_counter() - t0
 
     def _advance(self, w: Worker, step: int, tok: int | None, output: int):
         """After a decode: a finishing worker's step is committed (returns its text), the others take
@@ -436,6 +449,15 @@ class Engine:
         for w in self.workers:
             w.sampler.close()
         self.ctx.close()
+
+
+def _collect(gen, out: list):
+    """Run a generator of events, keeping its events in `out`; returns what it returns."""
+    while True:
+        try:
+            out.append(next(gen))
+        except StopIteration as stop:
+            return stop.value
 
 
 def _id(block: Block | None) -> int | None:
