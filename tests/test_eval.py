@@ -153,7 +153,7 @@ def test_plot_and_report_from_a_run_on_a_generated_model(one_layer, tiny_setting
 def test_eval_end_to_end_on_the_default_model(tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["eval", str(default_model()), "builtin", "--budgets", "4,8", "-np", "1,2",
-                                  "--limit", "2", "-t", "2", "--out", str(out), "--quiet"])
+                                  "--limit", "2", "-t", "1", "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     assert "| hogwild-np2 | 8 |" in r.output
     recs = _lines(out / "results.jsonl")
