@@ -37,8 +37,7 @@ import io
 import json
 import re
 import time
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -187,14 +186,6 @@ def configs(workers: list[int], baseline: str | None) -> list[Config]:
     return out
 
 
-@dataclass
-class Tick:
-    """What the progress bar shows."""
-    budget: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-
-
 def run_once(hw, problem: str, budgets: list[int], tick=None) -> dict:
     """One engine run to max(budgets); the answer at every budget. `hw`: a Hogwild (settings: its own)."""
     from .engine import DoneEvent
@@ -236,8 +227,6 @@ def run_once(hw, problem: str, budgets: list[int], tick=None) -> dict:
 
 def evaluate_item(model, settings, cfg: Config, item: Item, budgets: list[int], tick=None) -> dict:
     """One problem under one configuration: its record for results.jsonl."""
-    from . import Hogwild
-
     budgets = sorted(budgets)
     runs = []
     n_runs = cfg.workers if cfg.kind == "independent" else 1
@@ -349,7 +338,8 @@ def run_eval(model_path, data, budgets: list[int], workers: list[int], out: Path
                     now = time.monotonic()
                     if now - last[0] >= 0.5:
                         last[0] = now
-                        bar.set_postfix_str(f"{cfg.name} #{item.id} step {steps}/{budgets[-1]} "
+                        toward = next((x for x in budgets if x > steps), budgets[-1])
+                        bar.set_postfix_str(f"{cfg.name} #{item.id} budget {toward} (step {steps}/{budgets[-1]}) "
                                             f"{tokens / seconds if seconds > 0 else 0:.1f} tok/s")
                 rec = evaluate_item(model, settings, cfg, item, budgets, tick)
                 append_result(results, rec)
