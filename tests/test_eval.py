@@ -169,3 +169,12 @@ def test_eval_refuses_bad_input_in_one_line(tmp_path, one_layer):
     bad.write_text("not json\n")
     r = CliRunner().invoke(main, ["eval", str(one_layer), str(bad), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not JSON" in r.output
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, one_layer, monkeypatch):
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "run_eval", interrupted)
+    r = CliRunner().invoke(main, ["eval", str(one_layer), "builtin", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 130 and "rerun to resume" in r.output
