@@ -296,10 +296,24 @@ def append_result(path: Path, rec: dict) -> None:
         f.flush()
 
 
-def latest(records: list[dict], budgets: list[int] | None = None) -> dict[tuple[str, str], dict]:
-    """The last record of each (problem, configuration) that covers `budgets`."""
+def setup_of(model_path, settings) -> dict:
+    """What a record's answers depend on besides the problem and the configuration: a rerun reuses only
+    records made with the same (another model, layout, seed, ... in the same --out is run afresh)."""
+    s = settings
+    protocol = s.protocol if s.protocol is None or isinstance(s.protocol, str) else str(s.protocol)
+    return dict(model=Path(model_path).name, layout=s.layout, seed=s.seed, temp=s.temp, top_k=s.top_k,
+                top_p=s.top_p, min_p=s.min_p, finisher_tokens=s.finisher_tokens, check_every=s.check_every,
+                protocol=str(protocol) if protocol is not None else None, instructions_in=s.instructions_in,
+                n_ctx=s.n_ctx, cache=[s.cache_type_k, s.cache_type_v])
+
+
+def latest(records: list[dict], budgets: list[int] | None = None, setup: dict | None = None
+           ) -> dict[tuple[str, str], dict]:
+    """The last record of each (problem, configuration) that covers `budgets` and was made with `setup`."""
     out = {}
     for rec in records:
+        if setup is not None and rec.get("setup") != setup:
+            continue
         if budgets is None or set(budgets) <= set(rec.get("budgets", [])):
             out[(rec["id"], rec["config"])] = rec
     return out
@@ -324,7 +338,8 @@ def run_eval(model_path, data, budgets: list[int], workers: list[int], out: Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done = latest(read_results(results), budgets)
+    setup = json.loads(json.dumps(setup_of(model_path, settings)))  # as read back from results.jsonl
+    done = latest(read_results(results), budgets, setup)
     todo = [(c, it) for it in items for c in cfgs if (it.id, c.name) not in done]
     settings.check()
     if todo:
@@ -341,7 +356,7 @@ def run_eval(model_path, data, budgets: list[int], workers: list[int], out: Path
                         toward = next((x for x in budgets if x > steps), budgets[-1])
                         bar.set_postfix_str(f"{cfg.name} #{item.id} budget {toward} (step {steps}/{budgets[-1]}) "
                                             f"{tokens / seconds if seconds > 0 else 0:.1f} tok/s")
-                rec = evaluate_item(model, settings, cfg, item, budgets, tick)
+                rec = {**evaluate_item(model, settings, cfg, item, budgets, tick), "setup": setup}
                 append_result(results, rec)
                 done[(item.id, cfg.name)] = rec
                 bar.update(1)

@@ -1,6 +1,7 @@
 """hogwild eval: the answer rule, resuming, the outputs, and a short run on the default model."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -125,6 +126,11 @@ def test_resume_after_an_interrupted_run(one_layer, tiny_settings, tmp_path, mon
     # a third run has nothing left to do
     monkeypatch.setattr(ev, "evaluate_item", lambda *a, **kw: pytest.fail("nothing should run"))
     ev.run_eval(one_layer, "builtin", [4, 8], [1, 2], out, tiny_settings, limit=3, progress=False)
+    # another seed in the same --out: nothing is reused
+    again = []
+    monkeypatch.setattr(ev, "evaluate_item", lambda *a, **kw: again.append(1) or real(*a, **kw))
+    ev.run_eval(one_layer, "builtin", [4], [1], out, replace(tiny_settings, seed=1), limit=2, progress=False)
+    assert len(again) == 2
 
 
 def test_plot_and_report_from_a_run_on_a_generated_model(one_layer, tiny_settings, tmp_path):
