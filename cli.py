@@ -315,7 +315,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     import hogwild_cpp
     from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings, protocol
     from hogwild_cpp.errors import Unsupported
-    from hogwild_cpp.engine import DoneEvent, Progress, StepEvent, TokenEvent
+    from hogwild_cpp.engine import DoneEvent, Progress, SetupProgress, StepEvent, TokenEvent
 
     try:
         problem = _read_prompt(prompt_file)
@@ -367,6 +367,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     width = shutil.get_terminal_size().columns if tty else None
     view = LiveView(run.names, color=tty and not no_color, quiet=quiet, width=width)
     result, t_prefill = None, time.perf_counter()
+    t_setup = t_prefill
     try:
         for ev in run.events():
             if isinstance(ev, TokenEvent):
@@ -375,6 +376,11 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
                 view.flush()
             elif isinstance(ev, Progress) and not quiet and time.perf_counter() - t_prefill > PROGRESS_AFTER_S:
                 print(f"prompt: {ev.done}/{ev.total} tokens", file=sys.stderr)
+            elif isinstance(ev, SetupProgress) and not quiet:  # many workers: their markers and headers take time
+                now = time.perf_counter()
+                if now - t_prefill > PROGRESS_AFTER_S and (now - t_setup > PROGRESS_AFTER_S or ev.done == ev.total):
+                    print(f"workers: {ev.done}/{ev.total} set up", file=sys.stderr)
+                    t_setup = now
             elif isinstance(ev, DoneEvent):
                 result = ev.result
     except BadInput as exc:

@@ -26,11 +26,18 @@ from .native import Context, ContextConfig, ContextFull, Model, Sampler
 from .settings import Settings
 from .trace import TraceWriter
 
-__all__ = ["Engine", "Settings", "Progress", "TokenEvent", "StepEvent", "DoneEvent", "Result"]
+__all__ = ["Engine", "Settings", "Progress", "SetupProgress", "TokenEvent", "StepEvent", "DoneEvent", "Result"]
 
 
 @dataclass
 class Progress:
+    done: int
+    total: int
+
+
+@dataclass
+class SetupProgress:
+    """After the prompt: the workers whose layout blocks (marker, own header) are written, of all."""
     done: int
     total: int
 
@@ -146,6 +153,9 @@ class Engine:
         self._trace_header()
         yield from self._prefill(problem)
         prompt_s = time.perf_counter() - t0
+        if self.workers[0].step is None:  # interrupted before the workers' first steps were begun
+            yield DoneEvent(self._interrupted_early(prompt_s))
+            return
         reason, answer, by, step, t1 = "budget", None, None, 0, time.perf_counter()
         n_steps = self.s.max_steps  # steps decoded (an interrupt before a step's decode does not count it)
         # a step's events go out once the next step's decode is queued: what the consumer does with them
@@ -255,9 +265,12 @@ class Engine:
             self.others_header = write(k, kept, "others-header", texts["others_header"])
         own_key = "own_header" if lay.history else "own_workspace_header"
         for w in self.workers:
+            if self.stop_requested:  # Ctrl-C: no step is begun, the run ends interrupted (see stream)
+                return
             w.marker = write(k, kept, "marker", texts["marker"], w.name)
             if lay.own_header and W > 1:
                 w.own_header = write(k, kept, "own-header", texts[own_key], w.name)
+            yield SetupProgress(w.index + 1, W)
         if lay.own_header and W == 1:  # held by the worker's view only: it moves only when the history grows
             w = self.workers[0]
             view = [i for i in (self.prompt.id, _id(self.history_header), _id(self.others_header)) if i is not None]
@@ -423,6 +436,16 @@ class Engine:
             self.keeper = keeper
             self.cache.set_view(self.spare, [])
         return answer, ("finisher" if answer is not None else None), None, text
+
+    def _interrupted_early(self, prompt_s: float) -> Result:
+        """The result (and the trace's end) of a run stopped during its prefill: no worker wrote anything."""
+        result = Result(answer=None, reason="interrupted", texts={w.name: "" for w in self.workers},
+                        transcript=self.model.detokenize(self.prompt.tokens), prompt_tokens=len(self.prompt.tokens),
+                        prompt_s=prompt_s, generated={w.name: 0 for w in self.workers}, steps=0,
+                        decode_s=self.decode_s)
+        if self.trace:
+            self.trace.end(self.cache.blocks.values(), result.reason, None)
+        return result
 
     def _worker_text(self, w: Worker) -> str:
         """Its steps, with the token it sampled last (not decoded yet when the run stopped)."""

@@ -86,6 +86,27 @@ def test_ctrl_c_during_a_long_prefill_stops_between_chunks(one_layer, tmp_path, 
     assert result.reason == "interrupted" and result.steps == 0 and result.prompt_tokens == progress[0].done
 
 
+def test_ctrl_c_while_the_workers_are_set_up_ends_the_run_there(one_layer, tmp_path):
+    """With many workers the markers and headers after the prompt take a while (a decode each): a stop
+    there ends the run before any step, with its trace whole."""
+    from hogwild_cpp import Hogwild
+    from hogwild_cpp.engine import DoneEvent, SetupProgress
+
+    hw = Hogwild(one_layer, workers=8, threads=1, n_ctx=8192, temp=0.0)
+    run = hw.start(PROBLEM, trace=tmp_path / "t.jsonl")
+    setup, result = [], None
+    for ev in run.events():
+        if isinstance(ev, SetupProgress):
+            setup.append(ev)
+            run.stop()
+        elif isinstance(ev, DoneEvent):
+            result = ev.result
+    hw.close()
+    assert [(e.done, e.total) for e in setup] == [(1, 8)]
+    assert result.reason == "interrupted" and result.steps == 0 and set(result.generated.values()) == {0}
+    assert read_trace(tmp_path / "t.jsonl")[3]["reason"] == "interrupted"
+
+
 # --- 2. outputs ------------------------------------------------------------------------------------
 
 def test_two_runs_writing_the_same_files_do_not_share_a_temporary_file(one_layer, tmp_path):
@@ -218,9 +239,11 @@ def test_prefill_progress_is_printed_once_it_takes_long(one_layer, monkeypatch):
     monkeypatch.setattr(cli, "PROGRESS_AFTER_S", 0.0)  # as if the prefill had taken more than a second
     res = invoke("run", one_layer, "-", "-np", "8", "-n", "2", *FAST)
     assert res.exit_code == 0 and re.search(r"^prompt: \d+/\d+ tokens$", res.output, re.MULTILINE), res.output
+    assert "workers: 8/8 set up" in res.output  # the markers and headers after the prompt
     monkeypatch.setattr(cli, "PROGRESS_AFTER_S", 1000.0)
     res = invoke("run", one_layer, "-", "-np", "8", "-n", "2", *FAST)
     assert not re.search(r"^prompt: \d+/\d+ tokens$", res.output, re.MULTILINE), res.output
+    assert "set up" not in res.output
 
 
 # --- 9. complete and bench --------------------------------------------------------------------------------
