@@ -250,9 +250,11 @@ def evaluate_item(model, settings, cfg: Config, item: Item, budgets: list[int], 
         entry["correct"] = same_answer(entry["answer"], item.answer)
         per_budget[str(b)] = entry
     texts = runs[0]["texts"] if len(runs) == 1 else {f"run{i + 1}": r["texts"] for i, r in enumerate(runs)}
+    transcript = runs[0]["transcript"] if len(runs) == 1 else ""  # everyone's text as the finisher read it
     return dict(id=item.id, config=cfg.name, kind=cfg.kind, workers=cfg.workers, budgets=budgets,
                 problem=item.problem, gold=item.answer, per_budget=per_budget,
                 reason=[r["reason"] for r in runs], steps=[r["steps"] for r in runs], texts=texts,
+                transcript=transcript,
                 wall_s=max(r["wall_s"] for r in runs) if runs else 0.0,
                 tokens=sum(r["tokens"] for r in runs), generate_s=sum(r["generate_s"] for r in runs),
                 prompt_s=max(r["prompt_s"] for r in runs))
@@ -489,6 +491,9 @@ def report(summary: dict, records: list[dict], png: bytes) -> str:
             for i, (name, text) in enumerate(ws.items()):
                 c = _COLOURS[i % len(_COLOURS)]
                 parts.append(f"<div style='color:{c}'><b>{e(name)}</b><pre>{e(text)}</pre></div>")
+        if rec.get("transcript"):
+            parts.append("<details><summary>the whole transcript at the largest budget (prompt, everyone's text, "
+                         f"the finisher)</summary><pre>{e(rec['transcript'])}</pre></details>")
         fins = [(b, v["finisher"]) for b, v in rec["per_budget"].items() if v.get("finisher")]
         for b, text in fins:
             parts.append(f"<div style='color:#555'><b>finisher at {b}</b><pre>{e(text)}</pre></div>")

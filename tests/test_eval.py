@@ -146,6 +146,7 @@ def test_plot_and_report_from_a_run_on_a_generated_model(one_layer, tiny_setting
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "What is &lt;b&gt;2+3&lt;/b&gt;?" in page
     assert "Alice" in page and "Bob" in page and "run2" in page
+    assert "the whole transcript" in page
     assert json.loads((out / "summary.json").read_text())["budgets"] == [4, 8]
     assert (out / "summary.csv").read_text().startswith("config,workers,budget,correct,n,accuracy")
     for rec in _lines(out / "results.jsonl"):
