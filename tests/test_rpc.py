@@ -99,7 +99,7 @@ def test_a_run_over_rpc_servers_matches_a_local_run(servers, tmp_path):
         trace = tmp_path / f"{name}.jsonl"
         res = subprocess.run([sys.executable, "-m", "cli", "run", *common, *extra, "--trace", str(trace)],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode in (0, 3), res.stderr[-2000:]  # 3: --quiet and no answer (random weights)
         runs[name] = [r for r in read_trace(trace)[2]]
     local, remote = runs["local"], runs["rpc"]
     assert [(r["worker"], r["token"]) for r in local] == [(r["worker"], r["token"]) for r in remote]
