@@ -17,30 +17,15 @@ from hogwild_cpp.layouts import LAYOUTS
 from hogwild_cpp.default_model import default_model
 from hogwild_cpp.native import Context, ContextConfig, Model
 from hogwild_cpp.trace import read_trace, view_tokens
+from conftest import SHORT_RULES
 from models import gguf_gen
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEM = "A baker makes 12 muffins in the morning and 5 more in the afternoon. How many muffins?"
 
 
-@pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
-    """One layer: a token's KV depends on token and position only, so every view replays exactly."""
-    return gguf_gen.write_llama_gguf(tmp_path_factory.mktemp("engine") / "one.gguf", n_embd=128, n_head=4,
-                                     n_head_kv=2, n_layer=1, seed=3, weight_std=0.3, n_ctx_train=8192)
 
 
-# short rules: the byte-level test vocabulary makes the default rules ~2000 tokens, and every replayed
-# record re-decodes its whole view; the headers, markers and labels stay the default ones
-SHORT_RULES = """
-[prompt]
-team = "{n} of you ({names}) share one workspace. {layout}"
-solo = "Solve it in steps."
-[prompt.layouts]
-combined = "History, the others' steps, then yours."
-stepwise = "History, then yours."
-contiguous = "Workspaces, yours last."
-"""
 
 
 def run_engine(model_path, tmp_path, short_rules=True, **kw):

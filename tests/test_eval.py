@@ -12,23 +12,10 @@ from hogwild_cpp.default_model import default_model
 from hogwild_cpp.engine import Engine
 from hogwild_cpp.native import Model
 from hogwild_cpp.settings import Settings
-from models import gguf_gen
-
-SHORT_RULES = """
-[prompt]
-team = "{n} of you ({names}) share one workspace. {layout}"
-solo = "Solve it in steps."
-[prompt.layouts]
-combined = "History, the others' steps, then yours."
-stepwise = "History, then yours."
-contiguous = "Workspaces, yours last."
-"""
+from conftest import SHORT_RULES
 
 
-@pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
-    return gguf_gen.write_llama_gguf(tmp_path_factory.mktemp("eval") / "one.gguf", n_embd=128, n_head=4,
-                                     n_head_kv=2, n_layer=1, seed=3, weight_std=0.3, n_ctx_train=8192)
+
 
 
 @pytest.fixture

@@ -15,25 +15,11 @@ from hogwild_cpp.engine import Engine, Settings
 from hogwild_cpp.native import Context, ContextConfig, Model
 from hogwild_cpp.protocol import default_names
 from hogwild_cpp.trace import read_trace, view_tokens
-from models import gguf_gen
+from conftest import SHORT_RULES
 
 PROBLEM = "A baker makes 12 muffins in the morning and 5 more in the afternoon. How many muffins?"
-# short rules, for speed (the test vocabulary is one token a byte); headers and markers are the defaults
-SHORT_RULES = """
-[prompt]
-team = "{n} of you ({names}) share one workspace. {layout}"
-solo = "Solve it in steps."
-[prompt.layouts]
-combined = "History, the others' steps, then yours."
-stepwise = "History, then yours."
-contiguous = "Workspaces, yours last."
-"""
 
 
-@pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
-    return gguf_gen.write_llama_gguf(tmp_path_factory.mktemp("layouts") / "one.gguf", n_embd=128, n_head=4,
-                                     n_head_kv=2, n_layer=1, seed=3, weight_std=0.3, n_ctx_train=8192)
 
 
 @pytest.fixture(scope="module")
