@@ -22,6 +22,23 @@ def _float_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}")
 
 
+def _sampling_options(seed_help: str):
+    """llama.cpp's sampling options (seed, temperature, top-k, top-p, min-p), the same on run and complete."""
+    def decorate(f):
+        for opt in reversed([
+            click.option("-s", "--seed", default=0, show_default=True, type=click.IntRange(-1, 0xFFFFFFFF),
+                         help=seed_help),
+            click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0),
+                         help="Temperature (0: greedy)."),
+            click.option("--top-k", default=40, show_default=True, type=click.IntRange(0)),
+            click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1)),
+            click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1)),
+        ]):
+            f = opt(f)
+        return f
+    return decorate
+
+
 def _device_options(f):
     """llama.cpp's options for models on several devices (GPUs, RPC servers), the same on run and bench."""
     for opt in reversed([
@@ -53,12 +70,7 @@ def main():
 @click.option("-c", "--ctx-size", "n_ctx", default=2048, show_default=True, type=click.IntRange(1),
               help="Context size in tokens.")
 @click.option("--n-ctx", "n_ctx_alias", default=None, type=click.IntRange(1), hidden=True)  # the old name of -c
-@click.option("-s", "--seed", default=0, show_default=True, type=click.IntRange(-1, 0xFFFFFFFF),
-              help="Sampling seed (-1: a random one, printed).")
-@click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
-@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
-@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1))
+@_sampling_options("Sampling seed (-1: a random one, printed).")
 @click.option("--raw", is_flag=True, help="The prompt as it is, without the model's chat template.")
 def complete(model, prompt_file, n_predict, threads, n_ctx, n_ctx_alias, seed, temp, top_k, top_p, min_p, raw):
     """One sequence completing PROMPT_FILE ('-': stdin), no workers: a baseline for `run`, with its chat
@@ -279,12 +291,7 @@ def _check_output_path(path: Path | None, flag: str) -> None:
               help="KV cache type for K.")
 @click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for V (a quantized V needs flash attention).")
-@click.option("-s", "--seed", default=0, show_default=True, type=click.IntRange(-1, 0xFFFFFFFF),
-              help="Sampling seed (worker w uses seed + w; -1: a random one, printed).")
-@click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
-@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
-@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1))
+@_sampling_options("Sampling seed (worker w uses seed + w; -1: a random one, printed).")
 @click.option("--names", help="Comma-separated worker names (default: Alice, Bob, ...).")
 @click.option("--check-every", default=None, type=click.IntRange(0),
               help="Open a step with the self-check question every N tokens of finished steps "

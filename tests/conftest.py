@@ -21,6 +21,13 @@ contiguous = "Workspaces, yours last."
 """
 
 
+def short_rules_file(directory) -> Path:
+    """SHORT_RULES written as a protocol file in `directory`."""
+    path = Path(directory) / "short.toml"
+    path.write_text(SHORT_RULES)
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_layer(tmp_path_factory):
     """One layer: a token's KV depends on token and position only, so every view replays exactly."""

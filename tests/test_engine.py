@@ -17,7 +17,7 @@ from hogwild_cpp.layouts import LAYOUTS
 from hogwild_cpp.default_model import default_model
 from hogwild_cpp.native import Context, ContextConfig, Model
 from hogwild_cpp.trace import read_trace, view_tokens
-from conftest import SHORT_RULES
+from conftest import short_rules_file
 from models import gguf_gen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,19 +31,13 @@ PROBLEM = "A baker makes 12 muffins in the morning and 5 more in the afternoon. 
 def run_engine(model_path, tmp_path, short_rules=True, **kw):
     model = Model(model_path)
     trace = tmp_path / "trace.jsonl"
-    protocol = load_protocol(_short_rules_file(tmp_path)) if short_rules else None
+    protocol = load_protocol(short_rules_file(tmp_path)) if short_rules else None
     settings = Settings(**{"temp": 0.0, "threads": 1, "n_ctx": 8192, "max_steps": 24, "cache_type_k": "f32",
                            "cache_type_v": "f32", "flash_attn": "off", "protocol": protocol, **kw})
     engine = Engine(model, settings, trace_path=trace)
     result = [ev for ev in engine.stream(PROBLEM)][-1].result
     engine.close()
     return model, result, read_trace(trace)
-
-
-def _short_rules_file(tmp_path):
-    path = tmp_path / "short.toml"
-    path.write_text(SHORT_RULES)
-    return path
 
 
 def replay(model, trace, tol_logprob=5e-4, cache=("f32", "f32"), flash="off"):

@@ -14,6 +14,7 @@ from hogwild_cpp.engine import Engine, Settings
 from hogwild_cpp.layouts import LAYOUTS
 from hogwild_cpp.native import Model
 from hogwild_cpp.trace import read_trace
+from conftest import short_rules_file
 from test_layouts import PROBLEM, SHORT_RULES, Script, script_workers
 
 # --- where a step ends ------------------------------------------------------------------
@@ -252,18 +253,12 @@ def finisher_run(one_layer, tmp_path, monkeypatch, finisher_says, workers_say=("
     model = Model(one_layer)
     trace = tmp_path / "t.jsonl"
     engine = Engine(model, Settings(workers=2, temp=0.0, threads=1, n_ctx=8192, max_steps=kw.pop("max_steps", 12),
-                                    protocol=protocol or load_protocol(_short(tmp_path)), **kw), trace_path=trace)
+                                    protocol=protocol or load_protocol(short_rules_file(tmp_path)), **kw), trace_path=trace)
     script_workers(engine, list(workers_say))
     monkeypatch.setattr(E, "Sampler", lambda *a, **k: GreedyScript(model, finisher_says))
     result = [ev for ev in engine.stream(PROBLEM)][-1].result
     engine.close()
     return model, result, read_trace(trace)
-
-
-def _short(tmp_path):
-    path = tmp_path / "short.toml"
-    path.write_text(SHORT_RULES)
-    return path
 
 
 def test_the_finisher_keeps_nested_braces_and_stops_at_the_closing_one(one_layer, tmp_path, monkeypatch):
