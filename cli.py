@@ -148,8 +148,9 @@ COLORS = ["cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "b
 
 
 class LiveView:
-    """Each worker's text as it streams: side-by-side columns on a wide terminal, labelled lines
-    otherwise (coloured on a terminal, plain when stdout is not one)."""
+    """Each worker's text as it streams: side-by-side columns under a header of names on a wide terminal,
+    labelled lines otherwise (coloured on a terminal, plain when stdout is not one or NO_COLOR is set).
+    A column breaks its lines between words."""
 
     def __init__(self, names, color: bool, quiet: bool, width: int | None = None):
         self.names, self.color, self.quiet = names, color, quiet
@@ -157,21 +158,26 @@ class LiveView:
         self.col = (width - 3 * (len(names) - 1)) // len(names) if width and len(names) > 1 else 0
         if self.col < 28:
             self.col = 0  # too narrow for columns
+        self.header_shown = False
 
     def token(self, name: str, text: str) -> None:
         self.buf[name] += text
-        while "\n" in self.buf[name] or (self.col and len(self.buf[name]) >= self.col):
-            if "\n" in self.buf[name][:self.col or None]:
+        while "\n" in self.buf[name] or (self.col and len(self.buf[name]) > self.col):
+            head = self.buf[name][:self.col + 1] if self.col else self.buf[name]
+            if "\n" in head:
                 line, self.buf[name] = self.buf[name].split("\n", 1)
-            else:
-                line, self.buf[name] = self.buf[name][:self.col], self.buf[name][self.col:]
+            else:  # at the last space that fits; a word longer than the column is cut
+                cut = head.rfind(" ", 0, self.col + 1)
+                cut = cut if cut > 0 else self.col
+                line, self.buf[name] = self.buf[name][:cut], self.buf[name][cut:].lstrip(" ")
             self._emit(name, line)
 
-    def flush(self) -> None:
-        for name in self.names:
-            if self.buf[name]:
-                self._emit(name, self.buf[name])
-                self.buf[name] = ""
+    def flush(self, name: str | None = None) -> None:
+        """Print what is left of one worker's line (its step ended), or of everyone's (the run ended)."""
+        for n in [name] if name is not None else self.names:
+            if self.buf[n]:
+                self._emit(n, self.buf[n])
+                self.buf[n] = ""
 
     def _paint(self, name: str, text: str) -> str:
         fg = COLORS[self.names.index(name) % len(COLORS)]
@@ -180,6 +186,9 @@ class LiveView:
     def _emit(self, name: str, line: str) -> None:
         if self.quiet or not line.strip():
             return
+        if self.col and not self.header_shown:  # the names over their columns, once
+            self.header_shown = True
+            click.echo("   ".join(self._paint(n, f"[{n}]".ljust(self.col)) for n in self.names).rstrip())
         if self.col:  # the worker's own column, the others left blank
             i = self.names.index(name)
             click.echo(" " * (i * (self.col + 3)) + self._paint(name, line))
@@ -372,7 +381,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         raise InputError(f"could not write the trace {trace_file}: {exc.strerror or exc}")
     tty = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if tty else None
-    view = LiveView(run.names, color=tty and not no_color, quiet=quiet, width=width)
+    view = LiveView(run.names, color=tty and not no_color and not os.environ.get("NO_COLOR"), quiet=quiet,
+                    width=width)
     result, t_prefill = None, time.perf_counter()
     t_setup = t_prefill
     try:
@@ -380,7 +390,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
             if isinstance(ev, TokenEvent):
                 view.token(ev.worker, ev.text)
             elif isinstance(ev, StepEvent):
-                view.flush()
+                view.flush(ev.worker)  # the others' lines are still being written
             elif isinstance(ev, Progress) and not quiet and time.perf_counter() - t_prefill > PROGRESS_AFTER_S:
                 print(f"prompt: {ev.done}/{ev.total} tokens", file=sys.stderr)
             elif isinstance(ev, SetupProgress) and not quiet:  # many workers: their markers and headers take time
