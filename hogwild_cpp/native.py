@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import os
 import weakref
 from dataclasses import dataclass
@@ -166,23 +167,40 @@ def reason(n: int = 4) -> str:
 
 # --- several devices: local GPUs and llama.cpp's RPC backend -------------------------------------
 
+_GGML_FUNCTIONS = {  # name: (restype, argtypes), the few ggml-backend calls made from here
+    "ggml_backend_reg_by_name": (ctypes.c_void_p, [ctypes.c_char_p]),
+    "ggml_backend_reg_get_proc_address": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
+    "ggml_backend_reg_dev_count": (ctypes.c_size_t, [ctypes.c_void_p]),
+    "ggml_backend_reg_dev_get": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]),
+    "ggml_backend_device_register": (None, [ctypes.c_void_p]),
+    "ggml_backend_dev_count": (ctypes.c_size_t, []),
+    "ggml_backend_dev_get": (ctypes.c_void_p, [ctypes.c_size_t]),
+    "ggml_backend_dev_type": (ctypes.c_int, [ctypes.c_void_p]),
+    "ggml_backend_dev_name": (ctypes.c_char_p, [ctypes.c_void_p]),
+}
+_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type
+
+
+@functools.cache
 def _ggml():
-    """The libggml that libllama uses (by its soname: a copy opened by path would be a second instance, with
-    a device registry of its own)."""
+    """The libggml that libllama uses, found by its soname (a copy opened by path would be a second instance,
+    with a device registry of its own), with the signatures of _GGML_FUNCTIONS."""
     for name in ("libggml.so.0", "libggml.so"):
         try:
-            return ctypes.CDLL(name, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+            break
         except OSError:
             continue
-    raise NativeError("libggml is not loaded")
+    else:
+        raise NativeError("libggml is not loaded")
+    for fn, (restype, argtypes) in _GGML_FUNCTIONS.items():
+        getattr(lib, fn).restype, getattr(lib, fn).argtypes = restype, argtypes
+    return lib
 
 
 def _rpc_proc(name: str, restype, argtypes):
     """A function of llama.cpp's RPC backend (built with GGML_RPC=ON), found through its registry."""
     g = _ggml()
-    g.ggml_backend_reg_by_name.restype, g.ggml_backend_reg_by_name.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
-    g.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-    g.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     reg = g.ggml_backend_reg_by_name(b"RPC")
     addr = g.ggml_backend_reg_get_proc_address(reg, name.encode()) if reg else None
     if not addr:
@@ -190,21 +208,21 @@ def _rpc_proc(name: str, restype, argtypes):
     return ctypes.CFUNCTYPE(restype, *argtypes)(addr)
 
 
+_rpc_added: set[tuple[str, int]] = set()  # servers whose devices are registered (once a process)
+
+
 def add_rpc_servers(endpoints: list[str], timeout: float = 5.0) -> int:
     """Make the devices of llama.cpp RPC servers (`hogwild rpc-server`) available to models loaded from now
-    on, as llama.cpp's `--rpc` does; returns how many devices they add. llama.cpp aborts the process when it
-    cannot reach a server, so each is reached here first and a dead one is a clear error."""
+    on, as llama.cpp's `--rpc` does; returns how many devices they add (none for a server added before).
+    llama.cpp aborts the process when it cannot reach a server, so each is reached here first and a dead
+    one is a clear error."""
     import socket
 
-    add = _rpc_proc("ggml_backend_rpc_add_server", ctypes.c_void_p, [ctypes.c_char_p])
-    g = _ggml()
-    g.ggml_backend_reg_dev_count.restype, g.ggml_backend_reg_dev_count.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
-    g.ggml_backend_device_register.restype, g.ggml_backend_device_register.argtypes = None, [ctypes.c_void_p]
-    g.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
-    g.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    n = 0
+    add, g, n = _rpc_proc("ggml_backend_rpc_add_server", ctypes.c_void_p, [ctypes.c_char_p]), _ggml(), 0
     for ep in endpoints:
         host, port = parse_endpoint(ep)
+        if (host, port) in _rpc_added:  # registering its devices again would give a model each one twice
+            continue
         try:
             socket.create_connection((host, port), timeout=timeout).close()
         except OSError as exc:
@@ -215,31 +233,22 @@ def add_rpc_servers(endpoints: list[str], timeout: float = 5.0) -> int:
         for i in range(g.ggml_backend_reg_dev_count(reg)):
             g.ggml_backend_device_register(g.ggml_backend_reg_dev_get(reg, i))
             n += 1
+        _rpc_added.add((host, port))
     return n
 
 
 def serve_rpc(host: str, port: int, n_threads: int, devices: str = "cpu", cache_dir: str | None = None) -> None:
     """Run llama.cpp's own RPC server loop (ggml_backend_rpc_start_server) on this build's devices until the
-    process ends: `devices` "cpu" (the CPU backend) or "all" (every local device that is not itself RPC)."""
+    process ends: `devices` "cpu" (the CPU backend) or "all" (every local accelerator; the CPU when there is
+    none, as llama.cpp's rpc-server does)."""
     start = _rpc_proc("ggml_backend_rpc_start_server", None,
                       [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p])
     g = _ggml()
-    g.ggml_backend_dev_count.restype, g.ggml_backend_dev_count.argtypes = ctypes.c_size_t, []
-    g.ggml_backend_dev_get.restype, g.ggml_backend_dev_get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    g.ggml_backend_dev_type.restype, g.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    g.ggml_backend_dev_name.restype, g.ggml_backend_dev_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-    cpu_type = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
-    devs = []
-    for i in range(g.ggml_backend_dev_count()):
-        d = g.ggml_backend_dev_get(i)
-        name = g.ggml_backend_dev_name(d).decode()
-        if name.startswith("RPC"):
-            continue
-        if devices == "all" and g.ggml_backend_dev_type(d) != cpu_type or devices == "cpu" and g.ggml_backend_dev_type(d) == cpu_type:
-            devs.append(d)
-    if devices == "all" and not devs:  # no accelerator: serve the CPU, as llama.cpp's rpc-server does
-        devs = [g.ggml_backend_dev_get(i) for i in range(g.ggml_backend_dev_count())
-                if g.ggml_backend_dev_type(g.ggml_backend_dev_get(i)) == cpu_type]
+    local = [d for d in map(g.ggml_backend_dev_get, range(g.ggml_backend_dev_count()))
+             if not g.ggml_backend_dev_name(d).startswith(b"RPC")]
+    cpu = [d for d in local if g.ggml_backend_dev_type(d) == _DEVICE_TYPE_CPU]
+    accelerators = [d for d in local if g.ggml_backend_dev_type(d) != _DEVICE_TYPE_CPU]
+    devs = cpu if devices == "cpu" else accelerators or cpu
     if not devs:
         raise NativeError(f"no local device to serve ({devices})")
     arr = (ctypes.c_void_p * len(devs))(*devs)

@@ -132,6 +132,7 @@ def _child_views(endpoints: str, split_mode: str, tmp: str) -> None:
 
     n = native.add_rpc_servers(endpoints.split(","))
     assert n == 2, n
+    assert native.add_rpc_servers(endpoints.split(",")) == 0  # a second Hogwild with the same --rpc adds nothing
     one = gguf_gen.write_family_gguf(Path(tmp) / "one.gguf", "llama", n_layer=1, seed=5, weight_std=0.3)
     deep = gguf_gen.write_family_gguf(Path(tmp) / "deep.gguf", "qwen2", n_layer=4, seed=5, weight_std=0.3)
     for path, n_gpu in [(one, 1), (deep, 3)]:
