@@ -532,7 +532,8 @@ def _int_list(ctx, param, value):
 @click.option("--kernels", is_flag=True, help="Also count GPU kernels per step (CUDA build and PyTorch needed).")
 @click.option("--e2e", is_flag=True, help="Time `hogwild run`'s own loop instead: aggregate tokens/s, ms per step "
               "and the share spent decoding, for each -np (greedy, --steps steps, a step ends every "
-              "--step-tokens tokens).")
+              "--step-tokens tokens); then the bench's hogwild, batched and single steps at the run's mean view "
+              "length (run_vs_bench; bound_batched, bound_hogwild: the speedups those steps allow).")
 @click.option("--step-tokens", default=24, show_default=True, help="With --e2e: tokens a step (random weights never "
               "end one).")
 @click.option("-c", "--ctx-size", "n_ctx", default=0, help="With --e2e: context size (default: the model's, up to "

@@ -302,14 +302,26 @@ class E2ERow:
     speedup_vs_1: float | None  # tok_per_s against the W=1 row of the same run
     final_ctx: int              # used KV cells at the end
     graphs_reused: float        # share of the run's decodes that reused the previous compute graph
+    # `hogwild bench`'s steps at the same W, at the run's mean view length, timed right after the run (compare):
+    view_ctx: int | None = None             # mean tokens in a worker's view over the run (first and last step)
+    bench_hogwild_ms: float | None = None   # the bench's hogwild step
+    bench_batched_ms: float | None = None   # stock llama.cpp, W sequences of view_ctx tokens
+    bench_single_ms: float | None = None    # stock llama.cpp, one sequence
+    run_vs_bench: float | None = None       # ms_per_step / bench_hogwild_ms: what the loop adds to a step
+    bound_batched: float | None = None      # W·single / batched: the speedup stock batching allows
+    bound_hogwild: float | None = None      # W·single / hogwild step: the speedup our step allows (free loop)
 
 
 def run_e2e(model_path: str, workers: list[int], steps: int = 128, step_tokens: int = 24, n_gpu_layers: int = 0,
             threads: int = 0, device: str = "cpu", flash: str = "auto", cache=("f16", "f16"), n_ctx: int = 0,
-            problem: str | None = None, placement: dict | None = None, progress=lambda msg: None) -> list[E2ERow]:
+            problem: str | None = None, placement: dict | None = None, compare: bool = True,
+            progress=lambda msg: None) -> list[E2ERow]:
     """`hogwild run`'s loop (Engine.stream, greedy, no trace) for each W: aggregate tokens/s, ms per step
     and the share of it spent decoding. Steps end every `step_tokens` sampled tokens (random weights
-    never end one), so commits, folds and new steps are timed too; no finisher."""
+    never end one), so commits, folds and new steps are timed too; no finisher.
+
+    compare: then, in the same process, the bench's hogwild, batched and single steps at the same W and
+    the run's mean view length: what the loop adds to a step, and the speedups the steps allow."""
     from .engine import DoneEvent, Engine
     from .settings import Settings
 
@@ -325,19 +337,47 @@ def run_e2e(model_path: str, workers: list[int], steps: int = 128, step_tokens: 
                      flash_attn=flash, cache_type_k=cache[0], cache_type_v=cache[1], finisher_tokens=0,
                      check_every=0, bench_step_tokens=step_tokens)
         engine = Engine(model, s)
+        first = []  # the mean view length when the first step begins
+        engine.on_step = lambda e, step: first.append(_mean_view(e)) if step == 0 else None
         try:
             result = next(e.result for e in engine.stream(text) if isinstance(e, DoneEvent))
-            cells, reused = engine.cache.used_cells(), engine.ctx.graphs_reused()
+            cells, reused, last = engine.cache.used_cells(), engine.ctx.graphs_reused(), _mean_view(engine)
         finally:
             engine.close()
         tokens = sum(result.generated.values())
         tps = tokens / result.generate_s
         base = tps if w == 1 else base
-        rows.append(E2ERow(device=device, model=name, workers=w, steps=result.steps, tokens=tokens,
-                           tok_per_s=round(tps, 2), ms_per_step=round(1e3 * result.generate_s / result.steps, 3),
-                           decode_ms_per_step=round(1e3 * result.decode_s / result.steps, 3),
-                           loop_overhead=round(result.generate_s / result.decode_s, 3),
-                           speedup_vs_1=round(tps / base, 3) if base else None, final_ctx=cells,
-                           graphs_reused=round(reused / result.steps, 3)))
+        row = E2ERow(device=device, model=name, workers=w, steps=result.steps, tokens=tokens,
+                     tok_per_s=round(tps, 2), ms_per_step=round(1e3 * result.generate_s / result.steps, 3),
+                     decode_ms_per_step=round(1e3 * result.decode_s / result.steps, 3),
+                     loop_overhead=round(result.generate_s / result.decode_s, 3),
+                     speedup_vs_1=round(tps / base, 3) if base else None, final_ctx=cells,
+                     graphs_reused=round(reused / result.steps, 3), view_ctx=round(((first or [last])[0] + last) / 2))
+        if compare:
+            progress(f"end to end: {w} workers, the bench's steps at {row.view_ctx} tokens a view")
+            _compare(row, model, threads, flash, cache)
+        rows.append(row)
     model.close()
     return rows
+
+
+def _mean_view(engine) -> float:
+    return statistics.mean(engine.cache.view_length(w.index) for w in engine.workers)
+
+
+def _compare(row: E2ERow, model: Model, threads: int, flash: str, cache, steps: int = 20) -> None:
+    """The bench's steps for an end-to-end row, at its W and mean view length (fills the row's bench fields)."""
+    rng, w, n = random.Random(0), row.workers, row.view_ctx
+    single = batched_step(model, 1, n, steps, threads, rng, flash, cache)
+    hw_step, hw_cache = hogwild_setup(model, w, n, steps, threads, rng, flash, cache)
+    b_step, b_ctx = batched_setup(model, w, n, steps, threads, rng, flash, cache)
+    try:
+        hw, batched = _paired_median_ms(hw_step, b_step, steps)
+    finally:
+        hw_cache.ctx.close()
+        b_ctx.close()
+    row.bench_hogwild_ms, row.bench_batched_ms, row.bench_single_ms = round(hw, 4), round(batched, 4), round(single, 4)
+    # the ratios of the numbers as the row gives them
+    row.run_vs_bench = round(row.ms_per_step / row.bench_hogwild_ms, 3)
+    row.bound_batched = round(w * row.bench_single_ms / row.bench_batched_ms, 3)
+    row.bound_hogwild = round(w * row.bench_single_ms / row.bench_hogwild_ms, 3)

@@ -85,6 +85,10 @@ class SharedCache:
         """(block id, length) of each block of the view, for traces."""
         return [(b, len(self.blocks[b].tokens)) for b in self.views[seq]]
 
+    def view_length(self, seq: int) -> int:
+        """Tokens in a view (the context its next token attends over)."""
+        return sum(len(self.blocks[b].tokens) for b in self.views[seq])
+
     def used_cells(self) -> int:
         return self.ctx.used_cells()
 

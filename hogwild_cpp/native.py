@@ -19,7 +19,7 @@ import numpy as np
 from . import errors
 from .settings import CACHE_TYPES, FLASH_ATTN, SPLIT_MODES, parse_endpoint
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 class NativeError(errors.RunFailure):
@@ -117,8 +117,8 @@ _last_shadows = _bind("llama_hogwild_last_shadows", [ll.llama_context_p_ctypes, 
                                                      ctypes.POINTER(ctypes.c_int32)], None)
 _last_error = _bind("llama_hogwild_last_error", [], ctypes.c_char_p)
 _sample = _bind("llama_hogwild_sample", [ll.llama_context_p_ctypes, ctypes.POINTER(ctypes.c_int32),
-                                         ctypes.POINTER(ll.llama_sampler_p_ctypes), ctypes.c_int32, ctypes.c_int32,
-                                         ctypes.POINTER(ctypes.c_int32)], ctypes.c_int32)
+                                         ctypes.POINTER(ll.llama_sampler_p_ctypes), ctypes.POINTER(ctypes.c_int32),
+                                         ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32)], ctypes.c_int32)
 
 if _abi_version() != ABI_VERSION:
     raise NativeError(f"hogwild ABI {_abi_version()} in the library, {ABI_VERSION} expected; run `make build`")
@@ -468,17 +468,21 @@ class Context:
             raise NativeError(f"output {output} of the last decode has no logits")
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
-    def sample(self, outputs: list[int], samplers: list[Sampler], n_threads: int | None = None) -> list[int]:
+    def sample(self, outputs: list[int], samplers: list[Sampler], n_threads: int | None = None,
+               whole_vocab: bool = False) -> list[int]:
         """One token for each output of the last decode, with its sampler, in one native call (the chains run
-        in parallel, up to n_threads; default: the context's threads); each sampler accepts its token."""
+        in parallel, up to n_threads; default: the context's threads); each sampler accepts its token.
+        A chain sees only the candidates it can keep (Sampler.n_keep), not the whole vocabulary: the same
+        token, sooner (whole_vocab: every candidate, as llama_sampler_sample does)."""
         n = len(outputs)
         if n == 0:
             return []
         idxs = (ctypes.c_int32 * n)(*outputs)
         chains = (ll.llama_sampler_p_ctypes * n)(*[s.chain for s in samplers])
+        keep = (ctypes.c_int32 * n)(*[0 if whole_vocab else s.n_keep for s in samplers])
         tokens = (ctypes.c_int32 * n)()
         threads = n_threads or self.cfg.n_threads or os.cpu_count() or 1
-        if _sample(self.ptr, idxs, chains, n, threads, tokens) != 0:
+        if _sample(self.ptr, idxs, chains, keep, n, threads, tokens) != 0:
             raise NativeError(_last_error().decode())
         return list(tokens)
 
@@ -503,6 +507,10 @@ class Sampler:
         if banned:
             bias = (ll.llama_logit_bias * len(banned))(*[ll.llama_logit_bias(t, float("-inf")) for t in banned])
             add(ll.llama_sampler_init_logit_bias(n_vocab, len(banned), bias))
+        # the candidates that can matter (Context.sample): the chain keeps the best (greedy) or the top_k of the
+        # tokens not banned; 0 = all of them (top-k off)
+        kept = 1 if temp <= 0 else max(top_k, 0)
+        self.n_keep = kept + len(banned) if kept else 0
         if temp <= 0:
             add(ll.llama_sampler_init_greedy())
         else:

@@ -512,23 +512,31 @@ def test_cuda_without_tf32_stock_decodes_do_not_depend_on_the_batch_size(deep_mo
     assert rel_l2(ref.logits_stepwise(toks, 8), ref.logits(toks)) <= 1e-5
 
 
-@pytest.mark.parametrize("temp", [0.0, 0.8])
-def test_sampling_every_worker_in_one_native_call_equals_sampling_copied_logits(tiny_models, temp):
-    """Context.sample (llama_hogwild_sample: the chains run in parallel, over llama.cpp's own logits) picks
-    what each worker's sampler picks from a copy of its logits, and advances the chains the same way."""
+@pytest.mark.parametrize("temp,top_k,n_banned", [(0.0, 40, 0), (0.8, 40, 0), (0.0, 40, 3), (1.5, 5, 3),
+                                                  (1.5, 0, 2), (1.5, 1000, 1)])
+def test_sampling_every_worker_in_one_native_call_equals_sampling_copied_logits(tiny_models, temp, top_k, n_banned):
+    """Context.sample (llama_hogwild_sample: the chains run in parallel, over llama.cpp's own logits, each
+    over only the candidates it can keep) picks what each worker's sampler picks from a copy of its whole
+    logits, and advances the chains the same way; banned tokens (some of them the best ones) stay banned."""
     from hogwild_cpp.native import Sampler
 
     model = tiny_models["gqa"]
     ctx = Context(model, ContextConfig(n_ctx=256, n_seq_max=4, n_threads=2))
-    fast = [Sampler(model.n_vocab, temp, seed=10 + w) for w in range(4)]
-    slow = [Sampler(model.n_vocab, temp, seed=10 + w) for w in range(4)]
     rng = random.Random(3)
-    for pos in range(6):
+    items = [(rng.randrange(3, model.n_vocab), 0, w, True) for w in range(4)]
+    first = ctx.decode(items)
+    banned = sorted({int(t) for lg in first for t in np.argsort(lg)[::-1][:n_banned]})  # the favourites
+    make = lambda w: Sampler(model.n_vocab, temp, top_k=top_k, top_p=0.9, min_p=0.01, seed=10 + w,  # noqa: E731
+                             banned=banned)
+    fast, whole, slow = ([make(w) for w in range(4)] for _ in range(3))
+    for pos in range(1, 8):
         items = [(rng.randrange(3, model.n_vocab), pos, w, True) for w in range(4)]
         outputs = ctx.decode(items, copy_logits=False)
         assert outputs == [0, 1, 2, 3]
         copies = [ctx.logits(i) for i in outputs]
-        assert ctx.sample(outputs, fast) == [s.sample(lg) for s, lg in zip(slow, copies)]
-    for s in fast + slow:
+        picked = ctx.sample(outputs, fast)
+        assert picked == ctx.sample(outputs, whole, whole_vocab=True) == [s.sample(lg) for s, lg in zip(slow, copies)]
+        assert not set(picked) & set(banned)
+    for s in fast + whole + slow:
         s.close()
     ctx.close()

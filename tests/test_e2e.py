@@ -44,6 +44,15 @@ def test_bench_e2e_times_the_engine_loop_for_each_worker_count(model_path, tmp_p
         assert 0 < r["decode_ms_per_step"] <= r["ms_per_step"] and r["loop_overhead"] >= 1.0
         assert 0 <= r["graphs_reused"] <= 1.0 + 1e-9
     assert rows[0]["speedup_vs_1"] == 1.0
+    for r in rows:  # the bench's steps at the run's W and mean view length, in the same process
+        assert r["final_ctx"] > r["view_ctx"] > 0 and 0 < r["bench_single_ms"]
+        assert 0 < r["bench_hogwild_ms"] and 0 < r["bench_batched_ms"]
+        # ratios of the row's own numbers, rounded to 3 places
+        assert r["run_vs_bench"] == pytest.approx(r["ms_per_step"] / r["bench_hogwild_ms"], abs=5e-4)
+        assert r["bound_hogwild"] == pytest.approx(r["workers"] * r["bench_single_ms"] / r["bench_hogwild_ms"],
+                                                   abs=5e-4)
+        assert r["bound_batched"] == pytest.approx(r["workers"] * r["bench_single_ms"] / r["bench_batched_ms"],
+                                                   abs=5e-4)
     # W workers sample W tokens a step, less the steps on which a worker commits (every 8 tokens here)
     assert rows[2]["tokens"] > 3 * rows[0]["tokens"]
     assert "| workers |" in res.output and "loop_overhead" in res.output
