@@ -82,7 +82,8 @@ class Timing:
                            f"({_rate(self.prompt_tokens, self.prompt_s)} tok/s)"),
                 ("generated", f"{n} tokens in {self.generate_s:.2f} s ({_rate(n, self.generate_s)} tok/s)")]
         if self.worker_steps is not None:
-            rows.append(("workers", ", ".join(f"{w} {t} tokens in {self.worker_steps.get(w, 0)} steps"
+            steps = self.worker_steps
+            rows.append(("workers", ", ".join(f"{w} {_count(t, 'token')} in {_count(steps.get(w, 0), 'step')}"
                                               for w, t in self.generated.items())))
         rows.append(("steps", f"{self.steps} decode steps, "
                               f"{1000 * self.generate_s / self.steps if self.steps else 0.0:.1f} ms a step"))
@@ -113,6 +114,10 @@ def print_block(timing: Timing, stream=None) -> None:
     """On stderr, after what stdout has (the answer) is out."""
     sys.stdout.flush()
     print("\n".join(timing.lines()), file=stream if stream is not None else sys.stderr)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _rate(n: int, s: float) -> str:
