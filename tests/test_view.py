@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -225,3 +226,15 @@ def test_json_streams_one_event_object_a_line_and_nothing_else(one_layer, short_
         assert done["timing"]["generated"][name] == len([t for t in tokens if t["worker"] == name])
     assert done["reason"] == "budget" and done["answer"] is None and done["timing"]["steps"] == 20
     assert "load:" not in res.stderr and "answer:" not in res.stdout  # no timing block, no answer line
+
+
+def test_the_readme_documents_every_field_of_the_json_stream(one_layer, short_steps):
+    res = invoke("run", one_layer, "-", "-n", "20", *FAST, "--json")
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    section = (ROOT / "README.md").read_text().split("**`--json`**")[1].split("**`--transcript")[0]
+    for kind in ("step_start", "token", "step", "done"):
+        real = next(r for r in records if r["event"] == kind)
+        example = next(line for line in section.splitlines() if line.startswith(f'{{"event": "{kind}"'))
+        assert set(real) <= set(re.findall(r'"(\w+)":', example)), kind
+    for key in records[-1]["timing"]:
+        assert f"`{key}`" in section, key
