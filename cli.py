@@ -378,7 +378,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         raise InputError(str(exc))
     except RunFailure as exc:
         raise click.ClickException(str(exc))
-    view.close()
+    finally:
+        view.close()  # the last lines out, the status line gone (before an error's message too)
     stats = timing.run_timing(result, load_s, memory, time.perf_counter() - t_start)
     if json_events:
         view.done(result, stats.to_dict())
