@@ -75,11 +75,13 @@ def main():
 def complete(model, prompt_file, n_predict, threads, n_ctx, n_ctx_alias, seed, temp, top_k, top_p, min_p, raw):
     """One sequence completing PROMPT_FILE ('-': stdin), no workers: a baseline for `run`, with its chat
     template (the prompt as the user message; --raw: none), its sampling and its seed."""
-    from hogwild_cpp import native, protocol  # slow import: keep `hogwild --help` fast
+    from hogwild_cpp import native, protocol, timing  # slow import: keep `hogwild --help` fast
 
     prompt = _read_prompt(prompt_file)
+    t_start = time.perf_counter()
     n_ctx = n_ctx_alias or n_ctx
     seed = _pick_seed(seed)
+    memory = timing.PeakMemory()
     try:
         m = native.Model(model)
     except native.NativeError as exc:  # a file llama.cpp cannot load: one line, exit 2
@@ -103,6 +105,7 @@ def complete(model, prompt_file, n_predict, threads, n_ctx, n_ctx_alias, seed, t
     sampler = native.Sampler(m.n_vocab, temp, top_k, top_p, min_p, seed)
     n_prompt, n_generated, pos = len(tokens), 0, 0
     start = time.perf_counter()
+    load_s = start - t_start
     prompt_s = None
     ctx.clear()
     while n_generated < n_predict:
@@ -116,14 +119,17 @@ def complete(model, prompt_file, n_predict, threads, n_ctx, n_ctx_alias, seed, t
         click.echo(m.piece(token).decode("utf-8", errors="replace"), nl=False)
         n_generated += 1
         tokens = [token]
+        memory.sample()
     click.echo()
-    elapsed = time.perf_counter() - start
-    gen_s = max(elapsed - (prompt_s or 0.0), 1e-9)
+    gen_s = time.perf_counter() - start - (prompt_s or 0.0)
     sampler.close()
     ctx.close()
     m.close()
-    print(f"prompt: {n_prompt} tokens in {prompt_s or 0.0:.2f} s ({n_prompt / max(prompt_s or 0.0, 1e-9):.1f} tok/s)\n"
-          f"generated: {n_generated} tokens in {gen_s:.2f} s ({n_generated / gen_s:.1f} tok/s)", file=sys.stderr)
+    memory.sample(force=True)
+    timing.print_block(timing.Timing(  # run's block for its one sequence: a decode step a token
+        load_s=load_s, prompt_tokens=n_prompt, prompt_s=prompt_s or 0.0, generated={"sequence": n_generated},
+        generate_s=gen_s, steps=n_generated, total_s=time.perf_counter() - t_start, peak_rss=memory.peak_rss(),
+        gpus=list(memory.gpus.values())))
 
 
 def _pick_seed(seed: int) -> int:
@@ -142,58 +148,6 @@ class InputError(click.ClickException):
     """A problem with what the user gave us (model, prompt, flags): one line, exit code 2."""
 
     exit_code = 2
-
-
-COLORS = ["cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "bright_magenta"]
-
-
-class LiveView:
-    """Each worker's text as it streams: side-by-side columns under a header of names on a wide terminal,
-    labelled lines otherwise (coloured on a terminal, plain when stdout is not one or NO_COLOR is set).
-    A column breaks its lines between words."""
-
-    def __init__(self, names, color: bool, quiet: bool, width: int | None = None):
-        self.names, self.color, self.quiet = names, color, quiet
-        self.buf = {n: "" for n in names}
-        self.col = (width - 3 * (len(names) - 1)) // len(names) if width and len(names) > 1 else 0
-        if self.col < 28:
-            self.col = 0  # too narrow for columns
-        self.header_shown = False
-
-    def token(self, name: str, text: str) -> None:
-        self.buf[name] += text
-        while "\n" in self.buf[name] or (self.col and len(self.buf[name]) > self.col):
-            head = self.buf[name][:self.col + 1] if self.col else self.buf[name]
-            if "\n" in head:
-                line, self.buf[name] = self.buf[name].split("\n", 1)
-            else:  # at the last space that fits; a word longer than the column is cut
-                cut = head.rfind(" ", 0, self.col + 1)
-                cut = cut if cut > 0 else self.col
-                line, self.buf[name] = self.buf[name][:cut], self.buf[name][cut:].lstrip(" ")
-            self._emit(name, line)
-
-    def flush(self, name: str | None = None) -> None:
-        """Print what is left of one worker's line (its step ended), or of everyone's (the run ended)."""
-        for n in [name] if name is not None else self.names:
-            if self.buf[n]:
-                self._emit(n, self.buf[n])
-                self.buf[n] = ""
-
-    def _paint(self, name: str, text: str) -> str:
-        fg = COLORS[self.names.index(name) % len(COLORS)]
-        return click.style(text, fg=fg, bold=text.startswith("[")) if self.color else text
-
-    def _emit(self, name: str, line: str) -> None:
-        if self.quiet or not line.strip():
-            return
-        if self.col and not self.header_shown:  # the names over their columns, once
-            self.header_shown = True
-            click.echo("   ".join(self._paint(n, f"[{n}]".ljust(self.col)) for n in self.names).rstrip())
-        if self.col:  # the worker's own column, the others left blank
-            i = self.names.index(name)
-            click.echo(" " * (i * (self.col + 3)) + self._paint(name, line))
-        else:
-            click.echo(f"{self._paint(name, f'[{name}]')} {line}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -316,33 +270,45 @@ def _check_output_path(path: Path | None, flag: str) -> None:
                    "(0: no finisher; default: the protocol's, 16).")
 @click.option("--trace", "trace_file", type=click.Path(path_type=Path), help="Write the JSONL trace here.")
 @click.option("--output", "output_file", type=click.Path(path_type=Path), help="Write the result as JSON here.")
+@click.option("--transcript", "transcript_file", type=click.Path(path_type=Path),
+              help="Write the run as a person reads it here: FILE.md (Markdown) or FILE.html (one self-contained "
+                   "page).")
+@click.option("--json", "json_events", is_flag=True, help="Stream the run's events on stdout as JSON Lines (token, "
+              "step_start, step, done; see README), and nothing else there.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
 @click.option("--quiet", is_flag=True, help="Print only the answer (nothing if there is none). Exit code: 0 with an "
               "answer, 3 when the run ended without one, 130 interrupted, 1 a failure, 2 bad input.")
 @click.option("--no-color", is_flag=True, help="No colours.")
 def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, split_mode, tensor_split, main_gpu, rpc,
         threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every,
-        protocol_file, instructions_in, finisher_tokens, trace_file, output_file, verbose, quiet, no_color):
+        protocol_file, instructions_in, finisher_tokens, trace_file, output_file, transcript_file, json_events, verbose,
+        quiet, no_color):
     """Solve the problem in PROMPT_FILE ('-': stdin) with several workers over one shared KV cache."""
     import json
     import signal
     from dataclasses import asdict
 
     import hogwild_cpp
-    from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings, protocol
+    from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings, protocol, timing, transcript
     from hogwild_cpp.errors import Unsupported
-    from hogwild_cpp.engine import DoneEvent, Progress, SetupProgress, StepEvent, TokenEvent
+    from hogwild_cpp.engine import DecodeProgress, DoneEvent, Progress, SetupProgress
+    from hogwild_cpp.jsonl import JsonLines
+    from hogwild_cpp.view import LiveView, StatusLine
 
     try:
         problem = _read_prompt(prompt_file)
     except KeyboardInterrupt:  # Ctrl-C while reading stdin
         print("stop: interrupted", file=sys.stderr)
         sys.exit(130)
+    t_start = time.perf_counter()  # the timing block's total (a prompt typed on stdin not counted)
     stop = _Interrupt()
     signal.signal(signal.SIGINT, stop)  # from here on Ctrl-C ends the run with exit 130, writing what it has
     _check_output_path(trace_file, "--trace")
     _check_output_path(output_file, "--output")
-    _check_collisions({"--trace": trace_file, "--output": output_file},
+    _check_output_path(transcript_file, "--transcript")
+    if transcript_file is not None and transcript.format_of(transcript_file) is None:
+        raise InputError(f"--transcript {transcript_file}: name a .md or .html file")
+    _check_collisions({"--trace": trace_file, "--output": output_file, "--transcript": transcript_file},
                       {"prompt file": prompt_file, "model": model, "protocol file": protocol_file})
     seed = _pick_seed(seed)
     settings = Settings(workers=workers, layout=layout, names=[n.strip() for n in names.split(",")] if names else None,
@@ -361,6 +327,8 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     if gpu_layers and not hogwild_cpp.gpu_offload_supported():
         print(f"warning: -ngl {gpu_layers} ignored: this llama.cpp build has no GPU support "
               "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
+    memory = timing.PeakMemory()
+    t_load = time.perf_counter()
     try:
         hw = Hogwild(model, settings)
         n_train = hw.model.n_ctx_train
@@ -371,6 +339,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
                   f"{'about ' + _size(kv) if kv else 'memory in proportion to -c'}", file=sys.stderr)
         run = hw.start(problem, trace=trace_file)
         stop.attach(run)
+        load_s = time.perf_counter() - t_load
     except Unsupported as exc:
         raise InputError(f"{model.name} cannot run as hogwild workers: {exc}")
     except BadInput as exc:  # a model llama.cpp cannot load
@@ -381,16 +350,21 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         raise InputError(f"could not write the trace {trace_file}: {exc.strerror or exc}")
     tty = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if tty else None
-    view = LiveView(run.names, color=tty and not no_color and not os.environ.get("NO_COLOR"), quiet=quiet,
-                    width=width)
+    status = StatusLine(shares_screen=tty) if sys.stderr.isatty() and not quiet and not json_events else None
+    view = JsonLines() if json_events else \
+        LiveView(run.names, color=tty and not no_color and not os.environ.get("NO_COLOR"), quiet=quiet, width=width,
+                 status=status)
+    steps = transcript.StepLog() if transcript_file is not None else None
+    quiet = quiet or json_events  # stdout is the events' alone; the exit code as with --quiet
     result, t_prefill = None, time.perf_counter()
     t_setup = t_prefill
     try:
         for ev in run.events():
-            if isinstance(ev, TokenEvent):
-                view.token(ev.worker, ev.text)
-            elif isinstance(ev, StepEvent):
-                view.flush(ev.worker)  # the others' lines are still being written
+            view.event(ev)
+            if steps is not None:
+                steps.add(ev)
+            if isinstance(ev, DecodeProgress):
+                memory.sample()
             elif isinstance(ev, Progress) and not quiet and time.perf_counter() - t_prefill > PROGRESS_AFTER_S:
                 print(f"prompt: {ev.done}/{ev.total} tokens", file=sys.stderr)
             elif isinstance(ev, SetupProgress) and not quiet:  # many workers: their markers and headers take time
@@ -404,8 +378,12 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         raise InputError(str(exc))
     except RunFailure as exc:
         raise click.ClickException(str(exc))
-    view.flush()
-    if not quiet:
+    finally:
+        view.close()  # the last lines out, the status line gone (before an error's message too)
+    stats = timing.run_timing(result, load_s, memory, time.perf_counter() - t_start)
+    if json_events:
+        view.done(result, stats.to_dict())
+    elif not quiet:
         click.echo(f"answer: {result.answer if result.answer is not None else '(none)'}  ({_how(result)})")
     elif result.answer is not None:  # the answer alone; the exit code says whether there was one
         click.echo(result.answer)
@@ -417,13 +395,13 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         failure = _save_result(output_file, json.dumps(record, indent=1, ensure_ascii=False))
         if failure:
             failures.append(failure)
+    if transcript_file:
+        page = transcript.render(transcript_file, problem, result, steps, run.names, model.name, settings)
+        failure = _save_result(transcript_file, page)
+        if failure:
+            failures.append(failure)
     if not quiet:
-        n_gen = sum(result.generated.values())
-        per = ", ".join(f"{k} {v}" for k, v in result.generated.items())
-        print(f"prompt: {result.prompt_tokens} tokens in {result.prompt_s:.2f} s "
-              f"({result.prompt_tokens / max(result.prompt_s, 1e-9):.1f} tok/s)\n"
-              f"generated: {n_gen} tokens in {result.generate_s:.2f} s ({n_gen / max(result.generate_s, 1e-9):.1f} tok/s;"
-              f" {per}), {result.steps} steps", file=sys.stderr)
+        timing.print_block(stats)
     if failures:  # a runtime failure: exit 1, after everything else was saved and said
         raise click.ClickException("; ".join(failures))
     if result.reason == "interrupted":

@@ -5,7 +5,7 @@ The public API, and the command line's only way in:
     from hogwild_cpp import Hogwild
     hw = Hogwild("model.gguf", workers=2, layout="combined", max_steps=256)
     result = hw.run(problem)                          # a Result
-    for event in hw.stream(problem): ...              # Progress, TokenEvent, StepEvent, DoneEvent
+    for event in hw.stream(problem): ...              # Progress, StepStart, TokenEvent, StepEvent, ..., DoneEvent
     run = hw.start(problem, trace="trace.jsonl")      # a Run: its names, events(), stop(), trace_error
     Hogwild("model.gguf", protocol="my_protocol.toml")   # every text the engine writes (load_protocol)
 
@@ -62,7 +62,8 @@ class Hogwild:
         return Run(Engine(self.model, self.settings, trace_path=trace), problem)
 
     def stream(self, problem: str, trace=None):
-        """Yield the events of a run (Progress, TokenEvent, StepEvent, then DoneEvent with the result)."""
+        """Yield the events of a run (Progress, SetupProgress, StepStart, TokenEvent, StepEvent, DecodeProgress,
+        then DoneEvent with the result)."""
         run = self.start(problem, trace=trace)
         try:
             yield from run.events()

@@ -26,7 +26,8 @@ from .native import Context, ContextConfig, ContextFull, Model, Sampler
 from .settings import Settings
 from .trace import TraceWriter
 
-__all__ = ["Engine", "Settings", "Progress", "SetupProgress", "TokenEvent", "StepEvent", "DoneEvent", "Result"]
+__all__ = ["Engine", "Settings", "Progress", "SetupProgress", "StepStart", "TokenEvent", "StepEvent", "DecodeProgress",
+           "DoneEvent", "Result"]
 
 
 @dataclass
@@ -40,6 +41,16 @@ class SetupProgress:
     """After the prompt: the workers whose layout blocks (marker, own header) are written, of all."""
     done: int
     total: int
+
+
+@dataclass
+class StepStart:
+    """A worker's step begins: what the engine writes to open it, before the worker samples anything."""
+    worker: str
+    step: int
+    label: str          # the step's prefix (protocol steps.prefix), e.g. "**Alice [3]:** "
+    opening: str = ""   # after the label: the first step's opener, or the self-check question
+    check: bool = False  # the self-check question opens this step
 
 
 @dataclass
@@ -57,6 +68,15 @@ class StepEvent:
 
 
 @dataclass
+class DecodeProgress:
+    """After each parallel decode step: steps done of the budget, and the KV cells in use of the context's."""
+    step: int
+    total: int
+    ctx_used: int
+    ctx_size: int
+
+
+@dataclass
 class Result:
     answer: str | None
     reason: str                     # answer | budget | eos | ctx_full | interrupted
@@ -71,6 +91,7 @@ class Result:
     answer_source: str | None = None    # "worker": written by a worker; "finisher": forced at the budget
     answer_worker: str | None = None    # the worker who wrote it
     decode_s: float = 0.0               # of generate_s: inside llama.cpp's decode of the steps (the rest is ours)
+    finished_steps: dict[str, int] = field(default_factory=dict)  # each worker's steps committed to the history
 
 
 @dataclass
@@ -188,6 +209,7 @@ class Engine:
                         answer, by = found, w.name
                 elif self.model.is_eog(w.pending[0]) and self.s.stop_on_eos:
                     reason = "eos"
+            deferred.append(DecodeProgress(n_steps, self.s.max_steps, self.cache.used_cells(), self.ctx.n_ctx))
             if answer is not None:
                 reason = "answer"
                 break
@@ -214,7 +236,7 @@ class Engine:
                         prompt_tokens=len(self.prompt.tokens), prompt_s=prompt_s,
                         generated={w.name: w.generated for w in self.workers}, generate_s=generate_s,
                         steps=n_steps, finisher=finisher, answer_source=source, answer_worker=by,
-                        decode_s=self.decode_s)
+                        decode_s=self.decode_s, finished_steps={w.name: w.step_no - 1 for w in self.workers})
         if self.trace:
             self.trace.end(self.cache.blocks.values(), result.reason, result.answer, source, by)
         yield DoneEvent(result)
@@ -276,19 +298,20 @@ class Engine:
             view = [i for i in (self.prompt.id, _id(self.history_header), _id(self.others_header)) if i is not None]
             w.own_header = write(0, view, "own-header", texts[own_key], w.name)
         for w in self.workers:
-            self._new_step(w, check=False)
+            yield self._new_step(w, check=False)
 
-    def _new_step(self, w: Worker, check: bool) -> None:
+    def _new_step(self, w: Worker, check: bool) -> StepStart:
         w.step_no += 1
         w.step = self.cache.new_block("step", owner=w.name)
-        prefix = self.protocol.step_prefix(w.name, w.step_no)
+        prefix, opening = self.protocol.step_prefix(w.name, w.step_no), ""
         if w.step_no == 1:
-            prefix += self.protocol.opener(self.names, w.index)
+            opening = self.protocol.opener(self.names, w.index)
         elif check:
-            prefix += self.protocol.check_question(self.names, w.name)
-        w.pending = self.model.tokenize(prefix)  # the previous step ended with a blank line
+            opening = self.protocol.check_question(self.names, w.name)
+        w.pending = self.model.tokenize(prefix + opening)  # the previous step ended with a blank line
         w.sampled, w.step_sampled = False, 0
         w.text = ""
+        return StepStart(w.name, w.step_no, prefix, opening, check and w.step_no > 1)
 
     def _view(self, w: Worker) -> list[int]:
         return self.layout.view(w, self.workers, self.prompt.id, self.history, _id(self.others_header),
@@ -369,7 +392,7 @@ class Engine:
         check = bool(every) and self.finished_tokens >= every * (self.checks_done + 1)
         if check:
             self.checks_done = self.finished_tokens // every
-        self._new_step(w, check)
+        yield self._new_step(w, check)
         return text
 
     # --- the end ------------------------------------------------------------------
@@ -442,7 +465,7 @@ class Engine:
         result = Result(answer=None, reason="interrupted", texts={w.name: "" for w in self.workers},
                         transcript=self.model.detokenize(self.prompt.tokens), prompt_tokens=len(self.prompt.tokens),
                         prompt_s=prompt_s, generated={w.name: 0 for w in self.workers}, steps=0,
-                        decode_s=self.decode_s)
+                        decode_s=self.decode_s, finished_steps={w.name: 0 for w in self.workers})
         if self.trace:
             self.trace.end(self.cache.blocks.values(), result.reason, None)
         return result

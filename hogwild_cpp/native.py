@@ -179,8 +179,24 @@ _GGML_FUNCTIONS = {  # name: (restype, argtypes), the few ggml-backend calls mad
     "ggml_backend_dev_get": (ctypes.c_void_p, [ctypes.c_size_t]),
     "ggml_backend_dev_type": (ctypes.c_int, [ctypes.c_void_p]),
     "ggml_backend_dev_name": (ctypes.c_char_p, [ctypes.c_void_p]),
+    "ggml_backend_dev_memory": (None, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                       ctypes.POINTER(ctypes.c_size_t)]),
 }
-_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type
+_DEVICE_TYPE_CPU, _DEVICE_TYPE_GPU = 0, 1  # enum ggml_backend_dev_type
+
+
+def gpu_memory() -> list[tuple[str, int, int]]:
+    """(name, bytes free, bytes total) of each local GPU with memory of its own that llama.cpp's backends
+    see (CUDA, Vulkan, ...; RPC devices are remote and not asked); [] on a CPU-only build."""
+    g, found = _ggml(), []
+    for dev in map(g.ggml_backend_dev_get, range(g.ggml_backend_dev_count())):
+        name = g.ggml_backend_dev_name(dev)
+        if g.ggml_backend_dev_type(dev) != _DEVICE_TYPE_GPU or name.startswith(b"RPC"):
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append((name.decode(errors="replace"), free.value, total.value))
+    return found
 
 
 @functools.cache

@@ -339,42 +339,6 @@ def test_cli_refuses_a_prompt_longer_than_the_context(one_layer):
                      r"use -c \d+ or more", res.output), res.output
 
 
-def test_live_view_puts_each_worker_in_its_column_on_a_wide_terminal(capsys):
-    view = cli.LiveView(["Alice", "Bob"], color=False, quiet=False, width=80)
-    view.token("Alice", "one line\n")
-    view.token("Bob", "another\n")
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == "[Alice]".ljust(view.col) + "   [Bob]"  # the names over their columns, once
-    assert out[1] == "one line" and out[2] == " " * (view.col + 3) + "another"
-
-
-def test_live_view_breaks_column_lines_between_words(capsys):
-    view = cli.LiveView(["Alice", "Bob"], color=False, quiet=False, width=80)  # columns of 38
-    words = "the bakery sells muffins in boxes of six and bakes nine boxes on Monday 1234567"
-    view.token("Alice", words)
-    view.flush()
-    lines = capsys.readouterr().out.splitlines()[1:]
-    assert all(len(line) <= view.col for line in lines)
-    assert " ".join(lines).split() == words.split()  # no word cut in two
-
-
-def test_live_view_ends_only_the_finishing_workers_line(capsys):
-    view = cli.LiveView(["Alice", "Bob"], color=False, quiet=False, width=40)
-    view.token("Alice", "half a li")
-    view.token("Bob", "done.")
-    view.flush("Bob")
-    assert capsys.readouterr().out == "[Bob] done.\n"  # Alice's unfinished line waits for the rest
-    view.token("Alice", "ne\n")
-    assert capsys.readouterr().out == "[Alice] half a line\n"
-
-
-def test_live_view_labels_lines_on_a_narrow_terminal(capsys):
-    view = cli.LiveView(["Alice", "Bob"], color=False, quiet=False, width=40)
-    view.token("Bob", "hello\n")
-    assert capsys.readouterr().out == "[Bob] hello\n"
-
-
-
 @pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"\xff\xfe bad", "not UTF-8")])
 def test_cli_refuses_an_empty_or_binary_prompt(one_layer, tmp_path, content, message):
     prompt = tmp_path / "p.txt"
