@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import errors
+from .cpu import physical_cores
 from .settings import CACHE_TYPES, FLASH_ATTN, SPLIT_MODES, parse_endpoint
 
 ABI_VERSION = 3
@@ -177,8 +178,10 @@ _GGML_FUNCTIONS = {  # name: (restype, argtypes), the few ggml-backend calls mad
     "ggml_backend_dev_get": (ctypes.c_void_p, [ctypes.c_size_t]),
     "ggml_backend_dev_type": (ctypes.c_int, [ctypes.c_void_p]),
     "ggml_backend_dev_name": (ctypes.c_char_p, [ctypes.c_void_p]),
+    "ggml_backend_dev_memory": (None, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                       ctypes.POINTER(ctypes.c_size_t)]),
 }
-_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type
+_DEVICE_TYPE_CPU, _DEVICE_TYPE_GPU = 0, 1  # enum ggml_backend_dev_type
 
 
 @functools.cache
@@ -237,6 +240,16 @@ def add_rpc_servers(endpoints: list[str], timeout: float = 5.0) -> int:
     return n
 
 
+def gpu_free_memory() -> int:
+    """Free bytes on every device with memory of its own (GPUs, RPC servers' devices): where -ngl puts layers."""
+    g, free, total, n = _ggml(), ctypes.c_size_t(), ctypes.c_size_t(), 0
+    for d in map(g.ggml_backend_dev_get, range(g.ggml_backend_dev_count())):
+        if g.ggml_backend_dev_type(d) == _DEVICE_TYPE_GPU:
+            g.ggml_backend_dev_memory(d, ctypes.byref(free), ctypes.byref(total))
+            n += free.value
+    return n
+
+
 def serve_rpc(host: str, port: int, n_threads: int, devices: str = "cpu", cache_dir: str | None = None) -> None:
     """Run llama.cpp's own RPC server loop (ggml_backend_rpc_start_server) on this build's devices until the
     process ends: `devices` "cpu" (the CPU backend) or "all" (every local accelerator; the CPU when there is
@@ -258,16 +271,24 @@ def serve_rpc(host: str, port: int, n_threads: int, devices: str = "cpu", cache_
 class Model:
     """A loaded GGUF model and its vocabulary.
 
-    Layers go to the GPUs and RPC devices as llama.cpp places them: n_gpu_layers, split_mode (none, layer,
-    row), tensor_split (a proportion per device), main_gpu (the device of split mode none).
+    Layers go to the GPUs and RPC devices as llama.cpp places them: n_gpu_layers (-1: all; "auto": what
+    fits with a KV cache as `fit_for` = (n_ctx, type_k, type_v) describes, see offload.py), split_mode (none,
+    layer, row), tensor_split (a proportion per device), main_gpu (the device of split mode none).
+    vocab_only: the vocabulary and hyperparameters, no weights.
     """
 
-    def __init__(self, path: str, n_gpu_layers: int = 0, split_mode: str = "layer",
-                 tensor_split: list[float] | None = None, main_gpu: int = 0):
+    def __init__(self, path: str, n_gpu_layers: int | str = 0, split_mode: str = "layer",
+                 tensor_split: list[float] | None = None, main_gpu: int = 0,
+                 fit_for: tuple[int, str, str] = (0, "f16", "f16"), vocab_only: bool = False):
         self.path, self.ptr = str(path), None
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+        if n_gpu_layers == "auto":
+            from .offload import fit_gpu_layers
+            n_gpu_layers = fit_gpu_layers(path, *fit_for)
+        self.n_gpu_layers = n_gpu_layers
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
         params.split_mode = SPLIT_MODES[split_mode]
         params.main_gpu = main_gpu
         if tensor_split:
@@ -363,7 +384,7 @@ class Context:
         p = ll.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch = cfg.n_ctx, cfg.n_batch, cfg.n_batch
         p.n_seq_max = cfg.n_seq_max
-        threads = cfg.n_threads or os.cpu_count() or 1
+        threads = cfg.n_threads or physical_cores()  # as llama.cpp's -t default
         p.n_threads = p.n_threads_batch = threads
         p.type_k, p.type_v = CACHE_TYPES[cfg.type_k], CACHE_TYPES[cfg.type_v]
         p.flash_attn_type = FLASH_ATTN[cfg.flash_attn]
@@ -477,7 +498,7 @@ class Context:
         idxs = (ctypes.c_int32 * n)(*outputs)
         chains = (ll.llama_sampler_p_ctypes * n)(*[s.chain for s in samplers])
         tokens = (ctypes.c_int32 * n)()
-        threads = n_threads or self.cfg.n_threads or os.cpu_count() or 1
+        threads = n_threads or self.cfg.n_threads or physical_cores()
         if _sample(self.ptr, idxs, chains, n, threads, tokens) != 0:
             raise NativeError(_last_error().decode())
         return list(tokens)
