@@ -274,12 +274,11 @@ class Model:
     Layers go to the GPUs and RPC devices as llama.cpp places them: n_gpu_layers (-1: all; "auto": what
     fits with a KV cache as `fit_for` = (n_ctx, type_k, type_v) describes, see offload.py), split_mode (none,
     layer, row), tensor_split (a proportion per device), main_gpu (the device of split mode none).
-    vocab_only: the vocabulary and hyperparameters, no weights.
     """
 
     def __init__(self, path: str, n_gpu_layers: int | str = 0, split_mode: str = "layer",
                  tensor_split: list[float] | None = None, main_gpu: int = 0,
-                 fit_for: tuple[int, str, str] = (0, "f16", "f16"), vocab_only: bool = False):
+                 fit_for: tuple[int, str, str] = (0, "f16", "f16")):
         self.path, self.ptr = str(path), None
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
         if n_gpu_layers == "auto":
@@ -288,7 +287,6 @@ class Model:
         self.n_gpu_layers = n_gpu_layers
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        params.vocab_only = vocab_only
         params.split_mode = SPLIT_MODES[split_mode]
         params.main_gpu = main_gpu
         if tensor_split:
