@@ -489,8 +489,8 @@ def _check_output_path(path: Path | None, flag: str) -> None:
               help="Colour each worker's text (auto: on a terminal, unless NO_COLOR is set).")
 @click.option("--no-color", is_flag=True, hidden=True)  # the old spelling of --color off
 def run(model_arg, prompt_arg, model_opt, file_opt, prompt_text, system_prompt, workers, layout, max_steps, ctx_size,
-        gpu_layers, split_mode, tensor_split, main_gpu, rpc, threads, flash_attn, cache_type_k, cache_type_v, seed, temp,
-        top_k, top_p, min_p, names, check_every, protocol_file, instructions_in, finisher_tokens, trace_file,
+        gpu_layers, split_mode, tensor_split, main_gpu, rpc, threads, flash_attn, cache_type_k, cache_type_v, seed,
+        temp, top_k, top_p, min_p, names, check_every, protocol_file, instructions_in, finisher_tokens, trace_file,
         output_file, verbose, verbose_prompt, quiet, color, no_color):
     """Solve a problem (PROMPT_FILE or -f FILE, '-': stdin; or -p TEXT) with several workers over one shared
     KV cache. The model: MODEL or -m MODEL."""

@@ -211,7 +211,7 @@ class Engine:
         source = "worker" if answer is not None else None
         finisher, fin_block = "", None
         if reason in ("budget", "ctx_full") and answer is None and self.finisher_tokens > 0:
-            # the workers' last sampled tokens (and fresh steps' labels) join their steps, where the finisher's room allows
+            # the workers' last sampled tokens (and fresh steps' labels) join their steps, if the finisher's room allows
             decoded = self._decode_step(keep=self.finisher_room)
             for w in decoded[1] if decoded else []:
                 w.pending, w.sampled = [], False

@@ -106,7 +106,8 @@ def gguf_metadata(path, enough=lambda meta: False) -> dict:
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF" or read("I") < 2:
             raise BadInput(f"{path} is not a GGUF file (version 2 or later)")
-        _n_tensors, n_kv = read("Q"), read("Q")
+        read("Q")  # the number of tensors
+        n_kv = read("Q")
         for _ in range(n_kv):
             key = string()
             meta[key] = value(read("I"))

@@ -4,6 +4,7 @@ sampling, -fa/-ctk/-ctv, --color, --verbose-prompt, and the old spellings that s
 import json
 import re
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -282,3 +283,18 @@ def test_color_on_off_auto_and_no_color(one_layer, monkeypatch):
     monkeypatch.delenv("NO_COLOR")
     assert cli._use_color("auto", False, tty=True) is True and cli._use_color("auto", False, tty=False) is False
     assert cli._use_color("auto", True, tty=True) is False and cli._use_color("off", False, tty=True) is False
+
+
+# --- the README -------------------------------------------------------------------------------------------
+
+def test_every_option_of_every_subcommand_is_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    def documented(option) -> bool:
+        shown = [o for o in option.opts if o not in getattr(option, "old", ())]
+        return any(re.search(re.escape(o) + r"(?![-\w])", readme) for o in shown)
+
+    missing = [(name, p.opts) for name, command in cli.main.commands.items() for p in command.params
+               if isinstance(p, click.Option) and not p.hidden and not documented(p)]
+    assert not missing
