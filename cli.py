@@ -673,7 +673,8 @@ def _int_list(ctx, param, value):
               old=("--ctx",), help="Context depths (tokens in each worker's view before the timed steps), "
                                    "comma-separated, as llama-bench's -d.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
-              help="Timed decode steps per measurement.")
+              help="Timed decode steps per measurement (llama-bench's -n counts one sequence's tokens; a step is "
+                   "a token for every worker).")
 @_gpu_layers_option
 @_device_options
 @_threads_option
