@@ -22,21 +22,167 @@ def _float_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}")
 
 
-def _sampling_options(seed_help: str):
-    """llama.cpp's sampling options (seed, temperature, top-k, top-p, min-p), the same on run and complete."""
+class _Option(click.Option):
+    """An option whose `old` spellings still work but are left out of --help, so that old commands keep
+    working after a flag took llama.cpp's name."""
+
+    def __init__(self, param_decls=None, old=(), **attrs):
+        super().__init__([*param_decls, *old], **attrs)
+        self.old = set(old)
+
+    def get_help_record(self, ctx):
+        opts, self.opts = self.opts, [o for o in self.opts if o not in self.old]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+class _GpuLayers(click.ParamType):
+    """-ngl as llama.cpp takes it: a number of layers, `auto` (what fits) or `all`."""
+
+    name = "N|auto|all"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text in ("auto", "all"):
+            return "auto" if text == "auto" else -1  # -1: every layer (llama.h)
+        try:
+            n = int(text)
+        except ValueError:
+            n = -2
+        if n < -1:
+            self.fail(f"{value!r} is not a number of layers, auto or all", param, ctx)
+        return n
+
+
+def _options(*options):
+    """Decorator: several click options at once, in the order given (as --help lists them)."""
     def decorate(f):
-        for opt in reversed([
-            click.option("-s", "--seed", default=0, show_default=True, type=click.IntRange(-1, 0xFFFFFFFF),
-                         help=seed_help),
-            click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0),
-                         help="Temperature (0: greedy)."),
-            click.option("--top-k", default=40, show_default=True, type=click.IntRange(0)),
-            click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1)),
-            click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1)),
-        ]):
+        for opt in reversed(options):
             f = opt(f)
         return f
     return decorate
+
+
+def _ctx_option(help: str = "Context size in tokens (0: the model's trained context, at most 8192)."):
+    return click.option("-c", "--ctx-size", "ctx_size", default=0, show_default=True, type=click.IntRange(0),
+                        cls=_Option, old=("--n-ctx",), help=help)
+
+
+THREADS_HELP = "CPU threads (default 0: the physical cores this process may use, as llama.cpp's default)."
+
+_threads_option = click.option("-t", "--threads", default=0, type=click.IntRange(0), help=THREADS_HELP)
+
+_gpu_layers_option = click.option(
+    "-ngl", "--gpu-layers", "--n-gpu-layers", "gpu_layers", default="auto", show_default=True, type=_GpuLayers(),
+    help="Layers on the GPUs: a number, all, or auto (what fits in their free memory with the KV cache, an "
+         "estimate from the file's size; 0 on a build without GPU support).")
+
+
+def _model_option(f):
+    """llama.cpp's -m/--model, and MODEL as the first argument as before (one of the two)."""
+    return click.option("-m", "--model", "model_opt", type=click.Path(dir_okay=True, path_type=Path),
+                        help="The GGUF model file (or give it as the first argument).")(f)
+
+
+def _prompt_options(system_help: str):
+    """llama.cpp's -f/--file, -p/--prompt and -sys/--system-prompt (the prompt: one of -f, -p, PROMPT_FILE)."""
+    return _options(
+        click.option("-f", "--file", "file_opt", type=click.Path(allow_dash=True, path_type=Path),
+                     help="The prompt file ('-': stdin), as PROMPT_FILE."),
+        click.option("-p", "--prompt", "prompt_text", help="The prompt itself, instead of a file."),
+        click.option("-sys", "--system-prompt", "system_prompt", help=system_help),
+    )
+
+
+def _cache_options(f):
+    """llama.cpp's flash attention and KV cache types, the same on run, complete and eval."""
+    return _options(
+        click.option("-fa", "--flash-attn", default="auto", show_default=True, type=click.Choice(list(FLASH_ATTN)),
+                     help="Flash attention (auto: where the backend supports it)."),
+        click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
+                     help="KV cache type for K."),
+        click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
+                     help="KV cache type for V (a quantized V needs flash attention)."),
+    )(f)
+
+
+def _sampling_options(seed_help: str):
+    """llama.cpp's sampling options (seed, temperature, top-k, top-p, min-p), the same on run, complete, eval
+    and serve."""
+    return _options(
+        click.option("-s", "--seed", default=0, show_default=True, type=click.IntRange(-1, 0xFFFFFFFF),
+                     help=seed_help),
+        click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0),
+                     help="Temperature (0: greedy)."),
+        click.option("--top-k", default=40, show_default=True, type=click.IntRange(0)),
+        click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1)),
+        click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1)),
+    )
+
+
+def _no_zero_budget(steps: int) -> int:
+    if steps == 0:
+        raise click.BadParameter("a budget of 0 steps: give 1 or more, or -1 (until an answer or a full context)")
+    return steps
+
+
+def _model_path(positional: list, model_opt: Path | None, n_after: int) -> tuple[Path, list]:
+    """The model (-m MODEL, or the first argument) and the arguments after it (at most n_after)."""
+    given = [a for a in positional if a is not None]
+    if model_opt is None:
+        if not given:
+            raise InputError("no model: give -m MODEL.gguf (or the model as the first argument)")
+        model, given = Path(given[0]), given[1:]
+    elif len(given) > n_after:
+        raise InputError(f"the model is given twice (-m {model_opt} and {given[0]}): give it once")
+    else:
+        model = model_opt
+    if not model.exists():
+        raise InputError(f"model {model} does not exist")
+    if model.is_dir():
+        raise InputError(f"model {model} is a directory, not a GGUF file")
+    return model, given
+
+
+def _prompt(rest: list, file_opt: Path | None, text: str | None) -> tuple[str, Path | None]:
+    """The prompt's text and its file (None for -p): exactly one of PROMPT_FILE, -f FILE, -p TEXT."""
+    given = len(rest) + (file_opt is not None) + (text is not None)
+    if given > 1:
+        raise InputError("the prompt is given twice: give one of PROMPT_FILE, -f FILE and -p TEXT")
+    if given == 0:
+        raise InputError("no prompt: give -f FILE ('-': stdin), -p TEXT, or PROMPT_FILE after the model")
+    if text is not None:
+        return _clean_prompt(text, "-p"), None
+    path = Path(file_opt if file_opt is not None else rest[0])
+    return _read_prompt(path), path
+
+
+def _warn_without_gpu(gpu_layers) -> None:
+    """-ngl N or all on a build without GPU support: said once, and the run goes on on the CPU (auto: silently)."""
+    import hogwild_cpp
+
+    if gpu_layers not in (0, "auto") and not hogwild_cpp.gpu_offload_supported():
+        shown = "all" if gpu_layers == -1 else gpu_layers
+        print(f"warning: -ngl {shown} ignored: this llama.cpp build has no GPU support "
+              "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
+
+
+def _show_prompt(model, text: str) -> None:
+    """--verbose-prompt, as llama.cpp prints it: the prompt, its token count, then each token as id -> 'piece'
+    (on stderr, before anything is generated)."""
+    tokens = model.tokenize(text, add_special=True)
+    lines = [f"prompt: '{text}'", f"number of tokens in prompt = {len(tokens)}"]
+    lines += [f"{t:6d} -> '{model.piece(t).decode('utf-8', errors='replace')}'" for t in tokens]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _use_color(color: str, no_color: bool, tty: bool) -> bool:
+    """--color on|off|auto (auto: stdout is a terminal and NO_COLOR is unset, https://no-color.org)."""
+    if no_color or color == "off":
+        return False
+    return color == "on" or tty and not os.environ.get("NO_COLOR")
 
 
 def _device_options(f):
@@ -63,52 +209,68 @@ def main():
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("prompt_file", type=click.Path(allow_dash=True, path_type=Path))
-@click.option("-n", "--n-predict", default=64, show_default=True, type=click.IntRange(1), help="Tokens to generate.")
-@click.option("-t", "--threads", type=click.IntRange(0), default=0, help="CPU threads (default: all cores).")
-@click.option("-c", "--ctx-size", "n_ctx", default=2048, show_default=True, type=click.IntRange(1),
-              help="Context size in tokens.")
-@click.option("--n-ctx", "n_ctx_alias", default=None, type=click.IntRange(1), hidden=True)  # the old name of -c
+@click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path(path_type=Path))
+@click.argument("prompt_arg", metavar="[PROMPT_FILE]", required=False, type=click.Path(allow_dash=True, path_type=Path))
+@_model_option
+@_prompt_options("A system message before the prompt (through the chat template; with --raw or no template, "
+                 "text before it).")
+@click.option("-n", "--n-predict", default=64, show_default=True, type=click.IntRange(-1),
+              help="Tokens to generate (-1: until the end of the text or a full context).")
+@_ctx_option()
+@_gpu_layers_option
+@_threads_option
+@_cache_options
 @_sampling_options("Sampling seed (-1: a random one, printed).")
 @click.option("--raw", is_flag=True, help="The prompt as it is, without the model's chat template.")
-def complete(model, prompt_file, n_predict, threads, n_ctx, n_ctx_alias, seed, temp, top_k, top_p, min_p, raw):
-    """One sequence completing PROMPT_FILE ('-': stdin), no workers: a baseline for `run`, with its chat
-    template (the prompt as the user message; --raw: none), its sampling and its seed."""
+@click.option("--verbose-prompt", is_flag=True, help="Print the prompt and its tokens (id -> piece) on stderr first.")
+def complete(model_arg, prompt_arg, model_opt, file_opt, prompt_text, system_prompt, n_predict, ctx_size, gpu_layers,
+             threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, raw, verbose_prompt):
+    """One sequence completing the prompt (PROMPT_FILE or -f FILE, '-': stdin; or -p TEXT), no workers: the
+    baseline for `run` (one worker's context, chat template, sampling, seed and cache settings, and run's
+    timing block; --raw: no template)."""
     from hogwild_cpp import native, protocol, timing  # slow import: keep `hogwild --help` fast
 
-    prompt = _read_prompt(prompt_file)
+    model, rest = _model_path([model_arg, prompt_arg], model_opt, 1)
+    prompt, _ = _prompt(rest, file_opt, prompt_text)
     t_start = time.perf_counter()
-    n_ctx = n_ctx_alias or n_ctx
+    if cache_type_v in QUANTIZED and flash_attn == "off":
+        raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention (-fa on or auto)")
     seed = _pick_seed(seed)
+    _warn_without_gpu(gpu_layers)
     memory = timing.PeakMemory()
     try:
-        m = native.Model(model)
+        m = native.Model(model, n_gpu_layers=gpu_layers, fit_for=(ctx_size, cache_type_k, cache_type_v))
     except native.NativeError as exc:  # a file llama.cpp cannot load: one line, exit 2
         raise InputError(str(exc))
+    system = system_prompt.strip() if system_prompt and system_prompt.strip() else None
     text = None
     if not raw and m.chat_template():
-        text = m.apply_chat_template([("user", prompt.strip())])
+        text = m.apply_chat_template(([("system", system)] if system else []) + [("user", prompt.strip())])
         thinking = protocol.thinking_section(m.chat_template(), protocol.default())
         if text is not None and thinking is not None and not text.endswith(thinking.open):
             text += thinking.open
-    text = prompt if text is None else text
+    if text is None:
+        text = prompt if system is None else f"{system}\n\n{prompt}"
     try:
-        ctx = native.Context(m, native.ContextConfig(n_ctx=n_ctx, n_threads=threads, hogwild=False))
+        ctx = native.Context(m, native.ContextConfig(n_ctx=ctx_size or min(m.n_ctx_train, 8192), n_threads=threads,
+                                                     type_k=cache_type_k, type_v=cache_type_v, flash_attn=flash_attn,
+                                                     hogwild=False))
     except native.NativeError as exc:
         m.close()
         raise click.ClickException(f"{exc} (try a smaller -c)")
+    if verbose_prompt:
+        _show_prompt(m, text)
     tokens = m.tokenize(text, add_special=True)
-    if len(tokens) + n_predict > ctx.n_ctx:
-        raise InputError(f"the prompt ({len(tokens)} tokens) and {n_predict} tokens do not fit the context "
-                         f"({ctx.n_ctx} tokens): use -c {len(tokens) + n_predict} or more")
+    if len(tokens) + max(n_predict, 1) > ctx.n_ctx:
+        raise InputError(f"the prompt ({len(tokens)} tokens) and {max(n_predict, 1)} tokens do not fit the context "
+                         f"({ctx.n_ctx} tokens): use -c {len(tokens) + max(n_predict, 1)} or more")
     sampler = native.Sampler(m.n_vocab, temp, top_k, top_p, min_p, seed)
     n_prompt, n_generated, pos = len(tokens), 0, 0
     start = time.perf_counter()
     load_s = start - t_start
     prompt_s = None
     ctx.clear()
-    while n_generated < n_predict:
+    while (n_generated < n_predict or n_predict < 0) and pos + len(tokens) < ctx.n_ctx:  # the last token: not decoded
         logits = ctx.decode([(t, pos + i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])[-1]
         pos += len(tokens)
         if prompt_s is None:
@@ -235,25 +397,25 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("prompt_file", type=click.Path(allow_dash=True, path_type=Path))
-@click.option("-np", "--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Number of workers.")
+@click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path(path_type=Path))
+@click.argument("prompt_arg", metavar="[PROMPT_FILE]", required=False, type=click.Path(allow_dash=True, path_type=Path))
+@_model_option
+@_prompt_options("Your own system prompt: it opens the system message, before the rules when they go there "
+                 "(--instructions-in system).")
+@click.option("-np", "--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Number of workers (llama.cpp's -np, parallel sequences: here they share one cache).")
 @click.option("--layout", default="combined", show_default=True,
               type=click.Choice(list(LAYOUTS)),
               help="How workers see each other (paper §3.2): " + "; ".join(f"{k}: {v.summary}" for k, v in LAYOUTS.items()))
-@click.option("-n", "--max-steps", default=512, show_default=True, type=click.IntRange(1),
-              help="Budget, in parallel decode steps.")
-@click.option("-c", "--ctx-size", default=0, show_default=True, type=click.IntRange(0),
-              help="Context size in tokens (0: from the model, at most 8192).")
-@click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
+@click.option("-n", "--max-steps", "--n-predict", "max_steps", default=512, show_default=True, type=click.IntRange(-1),
+              callback=lambda ctx, param, value: _no_zero_budget(value),
+              help="Budget in parallel decode steps: tokens per worker (-1: until an answer or a full context). "
+                   "llama.cpp's -n counts one sequence's tokens; here every worker writes one token a step.")
+@_ctx_option()
+@_gpu_layers_option
 @_device_options
-@click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
-@click.option("-fa", "--flash-attn", default="auto", show_default=True, type=click.Choice(list(FLASH_ATTN)),
-              help="Flash attention (auto: where the backend supports it).")
-@click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
-              help="KV cache type for K.")
-@click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
-              help="KV cache type for V (a quantized V needs flash attention).")
+@_threads_option
+@_cache_options
 @_sampling_options("Sampling seed (worker w uses seed + w; -1: a random one, printed).")
 @click.option("--names", help="Comma-separated worker names (default: Alice, Bob, ...).")
 @click.option("--check-every", default=None, type=click.IntRange(0),
@@ -276,14 +438,20 @@ def _check_output_path(path: Path | None, flag: str) -> None:
 @click.option("--json", "json_events", is_flag=True, help="Stream the run's events on stdout as JSON Lines (token, "
               "step_start, step, done; see README), and nothing else there.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's log.")
+@click.option("--verbose-prompt", is_flag=True,
+              help="Print the whole prompt the workers read (rules, problem, chat template) and its tokens "
+                   "(id -> piece) on stderr first.")
 @click.option("--quiet", is_flag=True, help="Print only the answer (nothing if there is none). Exit code: 0 with an "
               "answer, 3 when the run ended without one, 130 interrupted, 1 a failure, 2 bad input.")
-@click.option("--no-color", is_flag=True, help="No colours.")
-def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, split_mode, tensor_split, main_gpu, rpc,
-        threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, names, check_every,
-        protocol_file, instructions_in, finisher_tokens, trace_file, output_file, transcript_file, json_events, verbose,
-        quiet, no_color):
-    """Solve the problem in PROMPT_FILE ('-': stdin) with several workers over one shared KV cache."""
+@click.option("--color", default="auto", show_default=True, type=click.Choice(["on", "off", "auto"]),
+              help="Colour each worker's text (auto: on a terminal, unless NO_COLOR is set).")
+@click.option("--no-color", is_flag=True, hidden=True)  # the old spelling of --color off
+def run(model_arg, prompt_arg, model_opt, file_opt, prompt_text, system_prompt, workers, layout, max_steps, ctx_size,
+        gpu_layers, split_mode, tensor_split, main_gpu, rpc, threads, flash_attn, cache_type_k, cache_type_v, seed,
+        temp, top_k, top_p, min_p, names, check_every, protocol_file, instructions_in, finisher_tokens, trace_file,
+        output_file, transcript_file, json_events, verbose, verbose_prompt, quiet, color, no_color):
+    """Solve a problem (PROMPT_FILE or -f FILE, '-': stdin; or -p TEXT) with several workers over one shared
+    KV cache. The model: MODEL or -m MODEL."""
     import json
     import signal
     from dataclasses import asdict
@@ -293,10 +461,12 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     from hogwild_cpp.errors import Unsupported
     from hogwild_cpp.engine import DecodeProgress, DoneEvent, Progress, SetupProgress
     from hogwild_cpp.jsonl import JsonLines
+    from hogwild_cpp.offload import kv_cache_bytes
     from hogwild_cpp.view import LiveView, StatusLine
 
+    model, rest = _model_path([model_arg, prompt_arg], model_opt, 1)
     try:
-        problem = _read_prompt(prompt_file)
+        problem, prompt_file = _prompt(rest, file_opt, prompt_text)
     except KeyboardInterrupt:  # Ctrl-C while reading stdin
         print("stop: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -313,6 +483,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     seed = _pick_seed(seed)
     settings = Settings(workers=workers, layout=layout, names=[n.strip() for n in names.split(",")] if names else None,
                         max_steps=max_steps, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads, seed=seed,
+                        system_prompt=system_prompt,
                         temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, check_every=check_every,
                         flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
                         instructions_in=instructions_in, finisher_tokens=finisher_tokens, split_mode=split_mode,
@@ -324,22 +495,22 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         raise InputError(str(exc))
 
     hogwild_cpp.set_verbose(verbose)
-    if gpu_layers and not hogwild_cpp.gpu_offload_supported():
-        print(f"warning: -ngl {gpu_layers} ignored: this llama.cpp build has no GPU support "
-              "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
+    _warn_without_gpu(gpu_layers)
     memory = timing.PeakMemory()
     t_load = time.perf_counter()
     try:
         hw = Hogwild(model, settings)
         n_train = hw.model.n_ctx_train
         if ctx_size > n_train > 0:
-            kv = _kv_cache_bytes(hw.model, ctx_size, cache_type_k, cache_type_v)
+            kv = kv_cache_bytes(hw.model, ctx_size, cache_type_k, cache_type_v)
             print(f"warning: -c {ctx_size} is more than the {n_train} tokens {model.name} was trained on: "
                   f"past them its output may degrade; the KV cache takes "
-                  f"{'about ' + _size(kv) if kv else 'memory in proportion to -c'}", file=sys.stderr)
+                  f"{'about ' + timing.size(kv) if kv else 'memory in proportion to -c'}", file=sys.stderr)
         run = hw.start(problem, trace=trace_file)
         stop.attach(run)
         load_s = time.perf_counter() - t_load
+        if verbose_prompt:
+            _show_prompt(hw.model, run.prompt_text())
     except Unsupported as exc:
         raise InputError(f"{model.name} cannot run as hogwild workers: {exc}")
     except BadInput as exc:  # a model llama.cpp cannot load
@@ -352,8 +523,7 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
     width = shutil.get_terminal_size().columns if tty else None
     status = StatusLine(shares_screen=tty) if sys.stderr.isatty() and not quiet and not json_events else None
     view = JsonLines() if json_events else \
-        LiveView(run.names, color=tty and not no_color and not os.environ.get("NO_COLOR"), quiet=quiet, width=width,
-                 status=status)
+        LiveView(run.names, color=_use_color(color, no_color, tty), quiet=quiet, width=width, status=status)
     steps = transcript.StepLog() if transcript_file is not None else None
     quiet = quiet or json_events  # stdout is the events' alone; the exit code as with --quiet
     result, t_prefill = None, time.perf_counter()
@@ -412,36 +582,6 @@ def run(model, prompt_file, workers, layout, max_steps, ctx_size, gpu_layers, sp
         sys.exit(3)
 
 
-def _kv_cache_bytes(model, n_ctx: int, type_k: str, type_v: str) -> int | None:
-    """An estimate of the KV cache's size (every layer, K and V, n_ctx cells), or None if unknown."""
-    import ctypes
-
-    import llama_cpp.llama_cpp as ll
-
-    def meta(key: str) -> str | None:
-        buf = ctypes.create_string_buffer(256)
-        n = ll.llama_model_meta_val_str(model.ptr, key.encode(), buf, len(buf))
-        return buf.value.decode() if n >= 0 else None
-
-    per_elem = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-    try:
-        n_layer, n_embd = ll.llama_model_n_layer(model.ptr), ll.llama_model_n_embd(model.ptr)
-        n_head, n_head_kv = ll.llama_model_n_head(model.ptr), ll.llama_model_n_head_kv(model.ptr)
-        arch = meta("general.architecture") or ""
-        k_len = int(meta(f"{arch}.attention.key_length") or n_embd // max(n_head, 1))
-        v_len = int(meta(f"{arch}.attention.value_length") or k_len)
-        return int(n_ctx * n_layer * n_head_kv * (k_len * per_elem[type_k] + v_len * per_elem[type_v]))
-    except Exception:  # an estimate for a warning: never a reason to fail
-        return None
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
 # Progress of the prompt's prefill is printed once it has taken this long
 PROGRESS_AFTER_S = 1.0
 
@@ -475,10 +615,14 @@ def _read_prompt(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise click.BadParameter(f"{path} is not UTF-8 text", param_hint="PROMPT_FILE")
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")  # a BOM, CRLF (Windows)
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")  # a BOM, CRLF (Windows)
+    return _clean_prompt(text, "PROMPT_FILE", path)
+
+
+def _clean_prompt(text: str, hint: str, path: Path | None = None) -> str:
+    """A prompt without a UTF-8 BOM and with plain line ends (files from Windows); an empty one is refused."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
-        raise click.BadParameter(f"{path} is empty", param_hint="PROMPT_FILE")
+        raise click.BadParameter(f"{path if path is not None else 'the prompt'} is empty", param_hint=hint)
     return text
 
 
@@ -490,15 +634,19 @@ def _int_list(ctx, param, value):
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path(path_type=Path))
+@_model_option
 @click.option("-np", "--workers", default="1,2,4", show_default=True, callback=_int_list,
               help="Worker counts, comma-separated.")
-@click.option("--ctx", "ctxs", default="1024", show_default=True, callback=_int_list,
-              help="Context lengths (tokens per worker view), comma-separated.")
-@click.option("--steps", default=20, show_default=True, help="Timed decode steps per measurement.")
-@click.option("-ngl", "--gpu-layers", default=0, show_default=True, help="Layers to offload to the GPU.")
+@click.option("-d", "--n-depth", "ctxs", default="1024", show_default=True, callback=_int_list, cls=_Option,
+              old=("--ctx",), help="Context depths (tokens in each worker's view before the timed steps), "
+                                   "comma-separated, as llama-bench's -d.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
+              help="Timed decode steps per measurement (llama-bench's -n counts one sequence's tokens; a step is "
+                   "a token for every worker).")
+@_gpu_layers_option
 @_device_options
-@click.option("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores).")
+@_threads_option
 @click.option("--device", default="cpu", show_default=True, help="Label for the device column.")
 @click.option("-fa", "--flash-attn", "flash", type=click.Choice([*FLASH_ATTN, "both"]), default="auto",
               show_default=True, help="Flash attention for every measurement (auto: where the backend supports it; "
@@ -506,7 +654,7 @@ def _int_list(ctx, param, value):
 @click.option("-ctk", "--cache-type-k", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
               help="KV cache type for K.")
 @click.option("-ctv", "--cache-type-v", default="f16", show_default=True, type=click.Choice(list(CACHE_TYPES)),
-              help="KV cache type for V (quantized: flash attention only).")
+              help="KV cache type for V (a quantized V needs flash attention).")
 @click.option("--kernels", is_flag=True, help="Also count GPU kernels per step (CUDA build and PyTorch needed).")
 @click.option("--e2e", is_flag=True, help="Time `hogwild run`'s own loop instead: aggregate tokens/s, ms per step "
               "and the share spent decoding, for each -np (greedy, --steps steps, a step ends every "
@@ -514,16 +662,19 @@ def _int_list(ctx, param, value):
               "length (run_vs_bench; bound_batched, bound_hogwild: the speedups those steps allow).")
 @click.option("--step-tokens", default=24, show_default=True, help="With --e2e: tokens a step (random weights never "
               "end one).")
-@click.option("-c", "--ctx-size", "n_ctx", default=0, help="With --e2e: context size (default: the model's, up to "
-              "8192).")
+@_ctx_option("With --e2e: context size in tokens (0: the model's trained context, at most 8192). Without "
+             "--e2e each depth -d sizes its own.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
-def bench(model, workers, ctxs, steps, gpu_layers, split_mode, tensor_split, main_gpu, rpc, threads, device, flash,
-          cache_type_k, cache_type_v, kernels, e2e, step_tokens, n_ctx, json_file):
+def bench(model_arg, model_opt, workers, ctxs, steps, gpu_layers, split_mode, tensor_split, main_gpu, rpc, threads,
+          device, flash, cache_type_k, cache_type_v, kernels, e2e, step_tokens, ctx_size, json_file):
     """Median decode-step time of hogwild views against plain llama.cpp, in one run (--e2e: the whole loop)."""
     import json
     from dataclasses import asdict
 
     from hogwild_cpp import bench as b
+
+    model, _ = _model_path([model_arg], model_opt, 0)
+    _warn_without_gpu(gpu_layers)
 
     if cache_type_v in QUANTIZED and flash in ("off", "both"):
         raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention: use -fa on or auto")
@@ -543,7 +694,7 @@ def bench(model, workers, ctxs, steps, gpu_layers, split_mode, tensor_split, mai
         try:
             e2e_rows = b.run_e2e(str(model), workers, steps=steps, step_tokens=step_tokens, n_gpu_layers=gpu_layers,
                                  threads=threads, device=device, flash=flash, cache=(cache_type_k, cache_type_v),
-                                 n_ctx=n_ctx, placement=placement,
+                                 n_ctx=ctx_size, placement=placement,
                                  progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
         except BadInput as exc:
             raise InputError(str(exc))
@@ -592,7 +743,7 @@ def protocol_cmd(protocol_file):
               help="Address to listen on. Never expose an RPC server to an untrusted network: it has no "
                    "authentication and runs whatever graphs a client sends.")
 @click.option("-p", "--port", default=50052, show_default=True, type=click.IntRange(1, 65535))
-@click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
+@_threads_option
 @click.option("--device", "devices", default="all", show_default=True, type=click.Choice(["all", "cpu"]),
               help="What to serve: every local accelerator (the CPU when there is none), or the CPU.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -605,6 +756,7 @@ def rpc_server(host, port, threads, devices, cache_dir):
     import socket
 
     from hogwild_cpp import native
+    from hogwild_cpp.cpu import physical_cores
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the RPC server listens on {host}: anyone who can reach it can use this machine; "
@@ -615,7 +767,7 @@ def rpc_server(host, port, threads, devices, cache_dir):
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the C loop never returns to Python: let Ctrl-C end the process
     try:
-        native.serve_rpc(host, port, threads or os.cpu_count() or 1, devices,
+        native.serve_rpc(host, port, threads or physical_cores(), devices,
                          str(cache_dir) if cache_dir else None)
     except native.NativeError as exc:
         raise click.ClickException(str(exc))
@@ -625,6 +777,7 @@ def rpc_server(host, port, threads, devices, cache_dir):
 
 # run's option (parameter name) -> the Settings field it sets; options run does not have are skipped
 _SERVE_SETTINGS = {"workers": "workers", "layout": "layout", "max_steps": "max_steps", "ctx_size": "n_ctx",
+                   "system_prompt": "system_prompt",
                    "gpu_layers": "n_gpu_layers", "threads": "threads", "flash_attn": "flash_attn",
                    "cache_type_k": "cache_type_k", "cache_type_v": "cache_type_v", "seed": "seed", "temp": "temp",
                    "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "names": "names",
@@ -646,7 +799,8 @@ def _run_options(names):
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path(path_type=Path))
+@_model_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (loopback by default; 0.0.0.0: every interface, use --api-key).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
@@ -656,7 +810,7 @@ def _run_options(names):
               help="Requests that may wait while one runs; more are refused with 503 and Retry-After.")
 @click.option("--alias", help="The model's id in /v1/models and in responses (default: the file's name).")
 @_run_options([*_SERVE_SETTINGS, "verbose"])
-def serve(model, host, port, api_key, max_queue, alias, **opts):
+def serve(model_arg, model_opt, host, port, api_key, max_queue, alias, **opts):
     """An OpenAI-compatible server: each request is a run of the workers (see README, Serving).
 
     POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, GET /health.
@@ -669,6 +823,7 @@ def serve(model, host, port, api_key, max_queue, alias, **opts):
     from hogwild_cpp import BadInput, Hogwild, RunFailure, Settings
     from hogwild_cpp.errors import Unsupported
 
+    model, _ = _model_path([model_arg], model_opt, 0)
     values = {field: opts[opt] for opt, field in _SERVE_SETTINGS.items() if opt in opts and opts[opt] is not None}
     if values.get("names"):
         values["names"] = [n.strip() for n in values["names"].split(",")]
@@ -702,7 +857,8 @@ def serve(model, host, port, api_key, max_queue, alias, **opts):
     app = create_app(hw, model_id=alias, api_key=api_key, max_queue=max_queue)
     bound = sock.getsockname()
     url = f"http://{'[' + bound[0] + ']' if sock.family == socket.AF_INET6 else bound[0]}:{bound[1]}"
-    print(f"hogwild serve: {model.name}, {settings.workers} workers ({settings.layout}), {settings.max_steps} steps "
+    budget = "until an answer or a full context" if settings.max_steps < 0 else f"{settings.max_steps} steps"
+    print(f"hogwild serve: {model.name}, {settings.workers} workers ({settings.layout}), {budget} "
           f"a request; {max_queue} may wait; API key {'required' if api_key else 'off'}\n"
           f"  {url}/v1  (OpenAI API)   {url}/health   Ctrl-C stops", file=sys.stderr, flush=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
@@ -723,8 +879,9 @@ def serve(model, host, port, api_key, max_queue, alias, **opts):
 # --- eval: accuracy against budget (hogwild_cpp/eval.py) ----------------------------------------
 
 @main.command("eval")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("data", default="builtin")
+@click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path(path_type=Path))
+@click.argument("data_arg", metavar="[DATA]", required=False)
+@_model_option
 @click.option("--budgets", default="256,512,1024", show_default=True, callback=_int_list,
               help="Budgets in parallel decode steps, comma-separated: one run to the largest gives them all.")
 @click.option("-np", "--workers", default="1,2", show_default=True, callback=_int_list,
@@ -735,29 +892,35 @@ def serve(model, host, port, api_key, max_queue, alias, **opts):
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N problems.")
 @click.option("--out", "out_dir", default="eval-out", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Results (results.jsonl, resumed on a rerun), summary.json/.csv, accuracy.png, report.html.")
-@click.option("-c", "--ctx-size", default=0, show_default=True, type=click.IntRange(0),
-              help="Context size in tokens (0: from the model, at most 8192).")
-@click.option("-ngl", "--gpu-layers", default=0, show_default=True, type=click.IntRange(0), help="Layers on the GPU.")
-@click.option("-t", "--threads", default=0, type=click.IntRange(0), help="CPU threads (default: all cores).")
-@click.option("-s", "--seed", default=0, show_default=True, help="Sampling seed (worker w uses seed + w).")
-@click.option("--temp", default=0.6, show_default=True, type=click.FloatRange(0), help="Temperature (0: greedy).")
+@_ctx_option()
+@_gpu_layers_option
+@_threads_option
+@_cache_options
+@_sampling_options("Sampling seed (worker w uses seed + w; -1: a random one, printed).")
 @click.option("--finisher-tokens", type=click.IntRange(1), default=None,
               help="Greedy tokens the finisher may write at each budget (default: the protocol's, 16).")
 @click.option("--protocol", "protocol_file", type=click.Path(path_type=Path), help="A protocol file (see run).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_cmd(model, data, budgets, workers, layout, baseline, limit, out_dir, ctx_size, gpu_layers, threads, seed,
-             temp, finisher_tokens, protocol_file, quiet):
+def eval_cmd(model_arg, data_arg, model_opt, budgets, workers, layout, baseline, limit, out_dir, ctx_size, gpu_layers,
+             threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, finisher_tokens,
+             protocol_file, quiet):
     """Accuracy against budget on DATA (JSONL with problem/question and answer/solution fields, or
-    `builtin`: examples/arith.jsonl) for each worker count, the paper's protocol (README, Evaluating).
+    `builtin`, the default: examples/arith.jsonl) for each worker count, the paper's protocol (README,
+    Evaluating). The model: MODEL or -m MODEL.
 
     Rerun with the same --out to resume; Ctrl-C keeps every finished problem."""
     from hogwild_cpp import BadInput, RunFailure, Settings
     from hogwild_cpp import eval as ev
     from hogwild_cpp.errors import Unsupported
 
+    model, rest = _model_path([model_arg, data_arg], model_opt, 1)
+    data = rest[0] if rest else "builtin"
+    _warn_without_gpu(gpu_layers)
     try:
-        settings = Settings(layout=layout, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads, seed=seed,
-                            temp=temp, finisher_tokens=finisher_tokens, protocol=protocol_file)
+        settings = Settings(layout=layout, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads,
+                            seed=_pick_seed(seed), temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                            flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                            finisher_tokens=finisher_tokens, protocol=protocol_file)
         settings.check()
         ev.load_data(data, limit)  # bad data: one line, before the model loads
         summary = ev.run_eval(model, data, budgets, workers, out_dir, settings, baseline=baseline, limit=limit,

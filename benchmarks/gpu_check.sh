@@ -84,7 +84,7 @@ run_bench() {
         [[ -f /tmp/$preset.gguf ]] || python3 -m models.gguf_gen /tmp/$preset.gguf --preset "$preset" --dtype q4_0 --n-ctx-train 16384
         local tag="$preset-${ctxs//,/-}"
         env $([[ $graphs == 0 ]] && echo GGML_CUDA_DISABLE_GRAPHS=1) python3 cli.py bench /tmp/$preset.gguf -np "$workers" \
-            --ctx "$ctxs" --steps 20 -ngl 99 --device "$label" $flags --json "$LOG/bench-$tag.json" 2>&1 \
+            -d "$ctxs" --steps 20 -ngl 99 --device "$label" $flags --json "$LOG/bench-$tag.json" 2>&1 \
             | tee "$LOG/bench-$tag.md" || echo "bench $preset stopped early"
     done
 }

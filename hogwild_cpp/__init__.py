@@ -6,7 +6,8 @@ The public API, and the command line's only way in:
     hw = Hogwild("model.gguf", workers=2, layout="combined", max_steps=256)
     result = hw.run(problem)                          # a Result
     for event in hw.stream(problem): ...              # Progress, StepStart, TokenEvent, StepEvent, ..., DoneEvent
-    run = hw.start(problem, trace="trace.jsonl")      # a Run: its names, events(), stop(), trace_error
+    run = hw.start(problem, trace="trace.jsonl")      # a Run: its names, events(), stop(), trace_error,
+                                                      # prompt_text()
     Hogwild("model.gguf", protocol="my_protocol.toml")   # every text the engine writes (load_protocol)
 
 Failures: `errors.BadInput` (the model, the prompt or a setting cannot work), `errors.RunFailure`
@@ -53,7 +54,8 @@ class Hogwild:
             from .native import add_rpc_servers
             add_rpc_servers(s.rpc)
         self.model = Model(model_path, n_gpu_layers=s.n_gpu_layers, split_mode=s.split_mode,
-                           tensor_split=s.tensor_split, main_gpu=s.main_gpu)
+                           tensor_split=s.tensor_split, main_gpu=s.main_gpu,
+                           fit_for=(s.n_ctx, s.cache_type_k, s.cache_type_v))
 
     def start(self, problem: str, trace=None) -> Run:
         """A run of `problem`, ready to stream; `trace`: a path for the JSONL trace."""
@@ -96,6 +98,10 @@ class Run:
             yield from self._engine.stream(self._problem)
         finally:
             self.close()
+
+    def prompt_text(self) -> str:
+        """The prompt the workers read first: the rules and the problem, through the chat template."""
+        return self._engine.prompt_text(self._problem)
 
     def stop(self) -> None:
         """End the run after the current step (reason `interrupted`); safe from a signal handler."""

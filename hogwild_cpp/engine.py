@@ -14,6 +14,7 @@ for them, and the blocks only the finisher reads; at the end the finisher writes
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -25,6 +26,9 @@ from .layouts import LAYOUTS
 from .native import Context, ContextConfig, ContextFull, Model, Sampler
 from .settings import Settings
 from .trace import TraceWriter
+
+# the finisher's room, beyond its text and tokens: a few cells of slack for its decodes
+FINISHER_MARGIN = 8
 
 __all__ = ["Engine", "Settings", "Progress", "SetupProgress", "StepStart", "TokenEvent", "StepEvent", "DecodeProgress",
            "DoneEvent", "Result"]
@@ -152,6 +156,9 @@ class Engine:
                 self.think_end = end[0]
                 banned.add(end[0])
         self.banned = sorted(banned)
+        # cells the steps leave free, so that the finisher's text and tokens still fit when the context fills
+        self.finisher_room = (len(model.tokenize(p.finisher_text(self.thinking))) + self.finisher_tokens
+                              + FINISHER_MARGIN if self.finisher_tokens > 0 else 0)
         self.workers = [Worker(w, name, Sampler(model.n_vocab, s.temp, s.top_k, s.top_p, s.min_p, s.seed + w,
                                                 self.banned))
                         for w, name in enumerate(names)]
@@ -179,17 +186,18 @@ class Engine:
             return
         reason, answer, by, step, t1 = "budget", None, None, 0, time.perf_counter()
         n_steps = self.s.max_steps  # steps decoded (an interrupt before a step's decode does not count it)
+        budget = range(self.s.max_steps) if self.s.max_steps > 0 else itertools.count()  # -1: no budget
         # a step's events go out once the next step's decode is queued: what the consumer does with them
         # (printing, a server's stream) overlaps the device's work instead of sitting between two decodes
         deferred: list = []
-        for step in range(self.s.max_steps):
+        for step in budget:
             if self.on_step is not None:
                 self.on_step(self, step)
             if self.stop_requested:
                 reason, n_steps = "interrupted", step
                 break
             n_steps = step + 1
-            decoded = self._decode_step()
+            decoded = self._decode_step(keep=self.finisher_room)
             if decoded is None:  # no room for the step's tokens or the copies attention needs
                 reason = "ctx_full"
                 break
@@ -225,9 +233,12 @@ class Engine:
         source = "worker" if answer is not None else None
         finisher, fin_block = "", None
         if reason in ("budget", "ctx_full") and answer is None and self.finisher_tokens > 0:
-            decoded = self._decode_step()  # the workers' last sampled tokens (and fresh steps' labels) join their steps
+            # the workers' last sampled tokens (and fresh steps' labels) join their steps, if the finisher's room allows
+            decoded = self._decode_step(keep=self.finisher_room)
             for w in decoded[1] if decoded else []:
                 w.pending, w.sampled = [], False
+            for w in self.workers:  # their views go: the finisher's alone holds every block, so the cache folds
+                self.cache.set_view(w.index, [])  # its moves in place, with no per-view copies to find room for
             finisher, answer, fin_block = self._finish()
             source = "finisher" if answer is not None else None
         everyone = self._full_view() + ([fin_block.id] if fin_block is not None else [])
@@ -252,8 +263,7 @@ class Engine:
         move only when a step is committed, and are folded then).
         """
         c, W, p, lay, k = self.cache, self.s.workers, self.protocol, self.layout, self.keeper
-        text = P.chat_prompt(self.model, self.names, lay, problem, p, self.instructions_in, self.thinking)
-        toks = self.model.tokenize(text, add_special=True)
+        toks = self.model.tokenize(self.prompt_text(problem), add_special=True)
         texts = {key: self.model.tokenize(p[f"layout.{key}"]) for key in
                  ("history_header", "others_header", "marker", "own_header", "own_workspace_header")}
         need = len(toks) + sum(map(len, texts.values())) * (W + 1) + 64 * W  # and a first step each
@@ -300,6 +310,11 @@ class Engine:
         for w in self.workers:
             yield self._new_step(w, check=False)
 
+    def prompt_text(self, problem: str) -> str:
+        """The prompt every worker reads first: the rules and the problem through the chat template."""
+        return P.chat_prompt(self.model, self.names, self.layout, problem, self.protocol, self.instructions_in,
+                             self.thinking, self.s.system_prompt)
+
     def _new_step(self, w: Worker, check: bool) -> StepStart:
         w.step_no += 1
         w.step = self.cache.new_block("step", owner=w.name)
@@ -332,16 +347,17 @@ class Engine:
 
     # --- a step -----------------------------------------------------------------
 
-    def _decode_step(self) -> tuple[dict[int, int], list[Worker]] | None:
+    def _decode_step(self, keep: int = 0) -> tuple[dict[int, int], list[Worker]] | None:
         """Every worker's pending tokens in one decode (each sees the others' tokens of this step): the
         output index of each writer's last token (Context.sample / Context.logits), and the writers;
-        None if the cache has no room for them. Workers whose tokens would not fit one batch wait."""
+        None if the cache has no room for them and `keep` cells more. Workers whose tokens would not fit
+        one batch wait."""
         writers, n_new = [], 0
         for w in self.workers:
             if w.pending and (not writers or n_new + len(w.pending) <= self.s.n_batch):
                 writers.append(w)
                 n_new += len(w.pending)
-        if self.cache.used_cells() + n_new + 2 * len(self.workers) >= self.ctx.n_ctx:
+        if self.cache.used_cells() + n_new + 2 * len(self.workers) + keep >= self.ctx.n_ctx:
             return None
         for w in self.workers:
             self.cache.set_view(w.index, self._view(w))

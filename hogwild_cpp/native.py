@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import errors
+from .cpu import physical_cores
 from .settings import CACHE_TYPES, FLASH_ATTN, SPLIT_MODES, parse_endpoint
 
 ABI_VERSION = 4
@@ -185,13 +186,13 @@ _GGML_FUNCTIONS = {  # name: (restype, argtypes), the few ggml-backend calls mad
 _DEVICE_TYPE_CPU, _DEVICE_TYPE_GPU = 0, 1  # enum ggml_backend_dev_type
 
 
-def gpu_memory() -> list[tuple[str, int, int]]:
-    """(name, bytes free, bytes total) of each local GPU with memory of its own that llama.cpp's backends
-    see (CUDA, Vulkan, ...; RPC devices are remote and not asked); [] on a CPU-only build."""
+def gpu_memory(remote: bool = False) -> list[tuple[str, int, int]]:
+    """(name, bytes free, bytes total) of each GPU with memory of its own that llama.cpp's backends see (CUDA,
+    Vulkan, ...), and with remote=True the RPC servers' devices too; [] on a CPU-only build."""
     g, found = _ggml(), []
     for dev in map(g.ggml_backend_dev_get, range(g.ggml_backend_dev_count())):
         name = g.ggml_backend_dev_name(dev)
-        if g.ggml_backend_dev_type(dev) != _DEVICE_TYPE_GPU or name.startswith(b"RPC"):
+        if g.ggml_backend_dev_type(dev) != _DEVICE_TYPE_GPU or (name.startswith(b"RPC") and not remote):
             continue
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
@@ -255,6 +256,11 @@ def add_rpc_servers(endpoints: list[str], timeout: float = 5.0) -> int:
     return n
 
 
+def gpu_free_memory() -> int:
+    """Free bytes on every device with memory of its own (GPUs, RPC servers' devices): where -ngl puts layers."""
+    return sum(free for _, free, _ in gpu_memory(remote=True))
+
+
 def serve_rpc(host: str, port: int, n_threads: int, devices: str = "cpu", cache_dir: str | None = None) -> None:
     """Run llama.cpp's own RPC server loop (ggml_backend_rpc_start_server) on this build's devices until the
     process ends: `devices` "cpu" (the CPU backend) or "all" (every local accelerator; the CPU when there is
@@ -276,14 +282,20 @@ def serve_rpc(host: str, port: int, n_threads: int, devices: str = "cpu", cache_
 class Model:
     """A loaded GGUF model and its vocabulary.
 
-    Layers go to the GPUs and RPC devices as llama.cpp places them: n_gpu_layers, split_mode (none, layer,
-    row), tensor_split (a proportion per device), main_gpu (the device of split mode none).
+    Layers go to the GPUs and RPC devices as llama.cpp places them: n_gpu_layers (-1: all; "auto": what
+    fits with a KV cache as `fit_for` = (n_ctx, type_k, type_v) describes, see offload.py), split_mode (none,
+    layer, row), tensor_split (a proportion per device), main_gpu (the device of split mode none).
     """
 
-    def __init__(self, path: str, n_gpu_layers: int = 0, split_mode: str = "layer",
-                 tensor_split: list[float] | None = None, main_gpu: int = 0):
+    def __init__(self, path: str, n_gpu_layers: int | str = 0, split_mode: str = "layer",
+                 tensor_split: list[float] | None = None, main_gpu: int = 0,
+                 fit_for: tuple[int, str, str] = (0, "f16", "f16")):
         self.path, self.ptr = str(path), None
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+        if n_gpu_layers == "auto":
+            from .offload import fit_gpu_layers
+            n_gpu_layers = fit_gpu_layers(path, *fit_for)
+        self.n_gpu_layers = n_gpu_layers
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.split_mode = SPLIT_MODES[split_mode]
@@ -387,7 +399,7 @@ class Context:
         p = ll.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch = cfg.n_ctx, cfg.n_batch, cfg.n_batch
         p.n_seq_max = cfg.n_seq_max
-        threads = cfg.n_threads or os.cpu_count() or 1
+        threads = cfg.n_threads or physical_cores()  # as llama.cpp's -t default
         p.n_threads = p.n_threads_batch = threads
         p.type_k, p.type_v = CACHE_TYPES[cfg.type_k], CACHE_TYPES[cfg.type_v]
         p.flash_attn_type = FLASH_ATTN[cfg.flash_attn]
@@ -506,7 +518,7 @@ class Context:
         chains = (ll.llama_sampler_p_ctypes * n)(*[s.chain for s in samplers])
         keep = (ctypes.c_int32 * n)(*[0 if whole_vocab else s.n_keep for s in samplers])
         tokens = (ctypes.c_int32 * n)()
-        threads = n_threads or self.cfg.n_threads or os.cpu_count() or 1
+        threads = n_threads or self.cfg.n_threads or physical_cores()
         if _sample(self.ptr, idxs, chains, keep, n, threads, tokens) != 0:
             raise NativeError(_last_error().decode())
         return list(tokens)

@@ -285,21 +285,28 @@ def thinking_section(template: str | None, protocol: Protocol) -> Thinking | Non
 
 
 def chat_prompt(model, names: list[str], layout: Layout, problem: str, protocol: Protocol | None = None,
-                instructions_in: str | None = None, thinking: Thinking | None = None) -> str:
+                instructions_in: str | None = None, thinking: Thinking | None = None,
+                system: str | None = None) -> str:
     """The prompt text, through the model's chat template when llama.cpp knows it: the rules in the
-    user message (before the problem) or in the system message; a thinking section opened last."""
+    user message (before the problem) or in the system message; a thinking section opened last.
+    `system` (the user's -sys) opens the system message, before the rules when they go there too;
+    without a chat template it opens the text."""
     p = protocol or default()
     rules, problem = p.instructions(names, layout), problem.strip()
     where = instructions_in or p["prompt.instructions_in"]
+    system = system.strip() if system and system.strip() else None
     text = None
     if model.chat_template():
         if where == "user":
             messages = [("user", fill(p["prompt.user_with_instructions"], instructions=rules, problem=problem))]
+            system_text = system
         else:
-            messages = [("system", rules), ("user", fill(p["prompt.user"], problem=problem))]
-        text = model.apply_chat_template(messages)
+            messages = [("user", fill(p["prompt.user"], problem=problem))]
+            system_text = rules if system is None else f"{system}\n\n{rules}"
+        text = model.apply_chat_template(([("system", system_text)] if system_text else []) + messages)
     if text is None:
         text = fill(p["prompt.plain"], instructions=rules, problem=problem)
+        text = text if system is None else f"{system}\n\n{text}"
     if thinking is not None and not text.endswith(thinking.open):
         text += thinking.open
     return text

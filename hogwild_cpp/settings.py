@@ -34,11 +34,12 @@ class Settings:
     workers: int = 2
     layout: str = "combined"        # a key of layouts.LAYOUTS
     names: list[str] | None = None
-    max_steps: int = 512            # budget, in parallel decode steps
+    max_steps: int = 512            # budget, in parallel decode steps (-1: until an answer or the context is full)
     n_ctx: int = 0                  # 0: from the model, capped to 8192
-    n_gpu_layers: int = 0
-    threads: int = 0
+    n_gpu_layers: int | str = "auto"  # layers on the GPUs: a number, -1 (all) or "auto" (what fits; offload.py)
+    threads: int = 0                # 0: the physical cores this process may use (cpu.py)
     seed: int = 0
+    system_prompt: str | None = None  # the user's system prompt, before the rules (protocol.chat_prompt)
     temp: float = 0.6
     top_k: int = 40
     top_p: float = 0.95
@@ -63,6 +64,11 @@ class Settings:
         """BadInput if a setting cannot work, before any model is touched."""
         if self.workers < 1:
             raise BadInput(f"{self.workers} workers: at least one is needed")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise BadInput(f"max_steps is the budget in steps, at least 1 (-1: until an answer or the context is "
+                           f"full), not {self.max_steps}")
+        if self.n_gpu_layers != "auto" and not (isinstance(self.n_gpu_layers, int) and self.n_gpu_layers >= -1):
+            raise BadInput(f"n_gpu_layers is a number of layers, -1 (all) or 'auto', not {self.n_gpu_layers!r}")
         if self.layout not in LAYOUTS:
             raise BadInput(f"unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
         if self.names is not None:

@@ -87,9 +87,9 @@ class Timing:
                                               for w, t in self.generated.items())))
         rows.append(("steps", f"{self.steps} decode steps, "
                               f"{1000 * self.generate_s / self.steps if self.steps else 0.0:.1f} ms a step"))
-        memory = [f"peak RSS {_size(self.peak_rss)}"]
-        memory += [f"{g.device} {_size(g.peak)} of {_size(g.total)} in use at peak "
-                   f"({'+' if g.peak >= g.before else '-'}{_size(abs(g.peak - g.before))} since the start)"
+        memory = [f"peak RSS {size(self.peak_rss)}"]
+        memory += [f"{g.device} {size(g.peak)} of {size(g.total)} in use at peak "
+                   f"({'+' if g.peak >= g.before else '-'}{size(abs(g.peak - g.before))} since the start)"
                    for g in self.gpus]
         rows += [("memory", "; ".join(memory)), ("total", f"{self.total_s:.2f} s")]
         return [f"{name + ':':<11}{value}" for name, value in rows]
@@ -124,7 +124,8 @@ def _rate(n: int, s: float) -> str:
     return f"{n / s:.1f}" if s > 0 else "-"
 
 
-def _size(n: float) -> str:
+def size(n: float) -> str:
+    """Bytes as a person reads them (KiB, MiB, GiB)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -297,3 +297,20 @@ def test_the_output_records_the_model_and_settings_and_trace_tokens_their_text(o
     assert len(ann) == data["generated"]["Ann"] == 6
     piece = {t: text for r in records for t, text in [(r["token"], r["text"])]}
     assert all(piece[r["token"]] == r["text"] for r in records)  # a token's text is its piece, every time
+
+
+# --- 11. context kept in reserve for the finisher -------------------------------------------------------
+
+@pytest.mark.parametrize("workers, n_ctx", [(1, 512), (2, 768)])
+def test_a_run_that_fills_the_context_still_ends_with_the_finisher(one_layer, tmp_path, workers, n_ctx):
+    """`-c 600 -n 100000` used to fill the context before the finisher ran: no answer could be forced.
+    The steps now stop while the finisher's text and its tokens still fit."""
+    from conftest import short_rules_file
+
+    out = tmp_path / "out.json"
+    res = invoke("run", one_layer, "-", "-np", workers, "-c", n_ctx, "-n", "100000", "--temp", "0", "-t", "1",
+                 "--protocol", short_rules_file(tmp_path), "--output", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["reason"] == "ctx_full" and data["steps"] < 100000
+    assert data["finisher"], data  # it wrote tokens (random weights never close the \boxed{})
