@@ -384,7 +384,7 @@ class ContextConfig:
     n_ctx: int = 2048
     n_batch: int = 512
     n_seq_max: int = 1
-    n_threads: int = 0          # 0: all cores
+    n_threads: int = 0          # 0: the physical cores (cpu.physical_cores)
     type_k: str = "f16"         # a key of CACHE_TYPES
     type_v: str = "f16"         # quantized V needs flash attention (as in llama.cpp)
     flash_attn: str = "auto"    # on | off | auto (on where the backend supports it)
@@ -399,8 +399,8 @@ class Context:
         p = ll.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch = cfg.n_ctx, cfg.n_batch, cfg.n_batch
         p.n_seq_max = cfg.n_seq_max
-        threads = cfg.n_threads or physical_cores()  # as llama.cpp's -t default
-        p.n_threads = p.n_threads_batch = threads
+        self.n_threads = cfg.n_threads or physical_cores()  # as llama.cpp's -t default (read from /sys: once)
+        p.n_threads = p.n_threads_batch = self.n_threads
         p.type_k, p.type_v = CACHE_TYPES[cfg.type_k], CACHE_TYPES[cfg.type_v]
         p.flash_attn_type = FLASH_ATTN[cfg.flash_attn]
         p.kv_unified = True
@@ -518,7 +518,7 @@ class Context:
         chains = (ll.llama_sampler_p_ctypes * n)(*[s.chain for s in samplers])
         keep = (ctypes.c_int32 * n)(*[0 if whole_vocab else s.n_keep for s in samplers])
         tokens = (ctypes.c_int32 * n)()
-        threads = n_threads or self.cfg.n_threads or physical_cores()
+        threads = n_threads or self.n_threads
         if _sample(self.ptr, idxs, chains, keep, n, threads, tokens) != 0:
             raise NativeError(_last_error().decode())
         return list(tokens)
