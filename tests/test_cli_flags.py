@@ -156,8 +156,8 @@ def test_complete_n_minus_one_goes_on_until_the_context_is_full(tmp_path):
     tiny = gguf_gen.write_llama_gguf(tmp_path / "tiny.gguf", dtype="q8_0")  # its greedy text never ends early
     res = invoke("complete", tiny, "-p", "Once upon a time", "-n", "-1", "-c", "256", "--temp", "0", "-t", "1")
     assert res.exit_code == 0, res.output
-    n_prompt = int(re.search(r"prompt: (\d+) tokens", res.stderr).group(1))
-    n_generated = int(re.search(r"generated: (\d+) tokens", res.stderr).group(1))
+    n_prompt = int(re.search(r"prompt:\s+(\d+) tokens", res.stderr).group(1))
+    n_generated = int(re.search(r"generated:\s+(\d+) tokens", res.stderr).group(1))
     assert n_prompt + n_generated == 256
 
 
