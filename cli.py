@@ -159,11 +159,12 @@ def _prompt(rest: list, file_opt: Path | None, text: str | None) -> tuple[str, P
     return _read_prompt(path), path
 
 
-def _warn_without_gpu(gpu_layers) -> None:
-    """-ngl N or all on a build without GPU support: said once, and the run goes on on the CPU (auto: silently)."""
+def _warn_without_gpu(gpu_layers, rpc: str | None = None) -> None:
+    """-ngl N or all with no GPU (and no --rpc servers): said once, and the run goes on on the CPU (auto:
+    silently)."""
     import hogwild_cpp
 
-    if gpu_layers not in (0, "auto") and not hogwild_cpp.gpu_offload_supported():
+    if gpu_layers not in (0, "auto") and not rpc and not hogwild_cpp.gpu_offload_supported():
         shown = "all" if gpu_layers == -1 else gpu_layers
         print(f"warning: -ngl {shown} ignored: this llama.cpp build has no GPU support "
               "(rebuild with HOGWILD_CUDA=1 make build)", file=sys.stderr)
@@ -495,7 +496,7 @@ def run(model_arg, prompt_arg, model_opt, file_opt, prompt_text, system_prompt, 
         raise InputError(str(exc))
 
     hogwild_cpp.set_verbose(verbose)
-    _warn_without_gpu(gpu_layers)
+    _warn_without_gpu(gpu_layers, rpc)
     memory = timing.PeakMemory()
     t_load = time.perf_counter()
     try:
@@ -674,7 +675,7 @@ def bench(model_arg, model_opt, workers, ctxs, steps, gpu_layers, split_mode, te
     from hogwild_cpp import bench as b
 
     model, _ = _model_path([model_arg], model_opt, 0)
-    _warn_without_gpu(gpu_layers)
+    _warn_without_gpu(gpu_layers, rpc)
 
     if cache_type_v in QUANTIZED and flash in ("off", "both"):
         raise InputError(f"a quantized V cache ({cache_type_v}) needs flash attention: use -fa on or auto")

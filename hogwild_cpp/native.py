@@ -144,8 +144,9 @@ ll.llama_backend_init()
 
 
 def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build can offload layers to a GPU."""
-    return bool(ll.llama_supports_gpu_offload())
+    """Whether layers can go anywhere but the CPU: a GPU of this build, or a device of an RPC server added
+    (llama_supports_gpu_offload says yes for every build with the RPC backend, servers or not)."""
+    return bool(gpu_memory(remote=True))
 
 
 def set_verbose(on: bool) -> None:
