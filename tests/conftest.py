@@ -21,6 +21,27 @@ contiguous = "Workspaces, yours last."
 """
 
 
+# the command-line tests' problem, fast flags and helpers
+PROBLEM = "A baker makes 12 muffins in the morning and 5 more in the afternoon. How many muffins?"
+FAST = ["--temp", "0", "-t", "1", "-c", "8192"]
+
+
+def invoke(*args, input=PROBLEM):
+    """`hogwild ARGS` in this process (click's runner), PROBLEM on stdin."""
+    from click.testing import CliRunner
+
+    import cli
+
+    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+
+
+def one_error(res, message):
+    """The command failed on bad input: exit 2, one 'Error:' line with `message`, no traceback."""
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], res.output
+
+
 def short_rules_file(directory) -> Path:
     """SHORT_RULES written as a protocol file in `directory`."""
     path = Path(directory) / "short.toml"

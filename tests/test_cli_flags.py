@@ -6,25 +6,12 @@ import re
 
 import click
 import pytest
-from click.testing import CliRunner
 
 import cli
-from conftest import short_rules_file
+from conftest import FAST, PROBLEM, invoke, one_error, short_rules_file
 from hogwild_cpp import BadInput, cpu, offload
 from models import gguf_gen
 
-PROBLEM = "A baker makes 12 muffins in the morning and 5 more in the afternoon. How many muffins?"
-FAST = ["--temp", "0", "-t", "1", "-c", "8192"]
-
-
-def invoke(*args, input=PROBLEM):
-    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
-
-
-def one_error(res, message):
-    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], res.output
 
 
 @pytest.fixture(scope="module")

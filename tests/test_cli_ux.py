@@ -14,28 +14,17 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from conftest import FAST, PROBLEM, invoke, one_error, short_rules_file
 from hogwild_cpp.trace import read_trace
 from models import gguf_gen
 
 ROOT = Path(__file__).resolve().parent.parent
-PROBLEM = "A baker makes 12 muffins in the morning and 5 more in the afternoon. How many muffins?"
-FAST = ["--temp", "0", "-t", "1", "-c", "8192"]
 
 
 @pytest.fixture(scope="module")
 def one_layer(tmp_path_factory):
     return gguf_gen.write_llama_gguf(tmp_path_factory.mktemp("ux") / "one.gguf", n_embd=128, n_head=4,
                                      n_head_kv=2, n_layer=1, seed=3, weight_std=0.3, n_ctx_train=8192)
-
-
-def invoke(*args, input=PROBLEM):
-    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
-
-
-def one_error(res, message):
-    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], res.output
 
 
 # --- 1. Ctrl-C ------------------------------------------------------------------------------------
@@ -305,7 +294,6 @@ def test_the_output_records_the_model_and_settings_and_trace_tokens_their_text(o
 def test_a_run_that_fills_the_context_still_ends_with_the_finisher(one_layer, tmp_path, workers, n_ctx):
     """`-c 600 -n 100000` used to fill the context before the finisher ran: no answer could be forced.
     The steps now stop while the finisher's text and its tokens still fit."""
-    from conftest import short_rules_file
 
     out = tmp_path / "out.json"
     res = invoke("run", one_layer, "-", "-np", workers, "-c", n_ctx, "-n", "100000", "--temp", "0", "-t", "1",
