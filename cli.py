@@ -689,35 +689,35 @@ def bench(model_arg, model_opt, workers, ctxs, steps, gpu_layers, split_mode, te
             add_rpc_servers(rpc.split(","))
     except BadInput as exc:
         raise InputError(str(exc))
-    if e2e:
-        if flash == "both":
-            raise InputError("--e2e runs one flash-attention setting: -fa auto, on or off")
-        try:
-            e2e_rows = b.run_e2e(str(model), workers, steps=steps, step_tokens=step_tokens, n_gpu_layers=gpu_layers,
-                                 threads=threads, device=device, flash=flash, cache=(cache_type_k, cache_type_v),
-                                 n_ctx=ctx_size, placement=placement,
-                                 progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
-        except BadInput as exc:
-            raise InputError(str(exc))
-        except RunFailure as exc:
-            raise click.ClickException(str(exc))
-        click.echo(b.markdown(e2e_rows))
+    if e2e and flash == "both":
+        raise InputError("--e2e runs one flash-attention setting: -fa auto, on or off")
+
+    def row_done(row, rows, profiles=None) -> None:
+        """Each row as soon as it is measured (the table's header first), the JSON rewritten with every row
+        so far: a bench cut short (a time limit, Ctrl-C) keeps what it measured."""
+        click.echo((b.markdown_header(row) + "\n" if len(rows) == 1 else "") + b.markdown_row(row))
         if json_file:
-            _write_atomic(json_file, json.dumps({"e2e_rows": [asdict(r) for r in e2e_rows]}, indent=1))
-        return
+            record = {"e2e_rows": [asdict(r) for r in rows]} if profiles is None else \
+                {"rows": [asdict(r) for r in rows], "kernel_profiles": profiles}
+            _write_atomic(json_file, json.dumps(record, indent=1))
+
+    progress = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        rows, profiles = b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads,
-                               device=device, flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels,
-                               placement=placement,
-                               progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+        if e2e:
+            b.run_e2e(str(model), workers, steps=steps, step_tokens=step_tokens, n_gpu_layers=gpu_layers,
+                      threads=threads, device=device, flash=flash, cache=(cache_type_k, cache_type_v), n_ctx=ctx_size,
+                      placement=placement, progress=progress, on_row=row_done)
+        else:
+            b.run(str(model), workers, ctxs, steps=steps, n_gpu_layers=gpu_layers, threads=threads, device=device,
+                  flash=flash, cache=(cache_type_k, cache_type_v), kernels=kernels, placement=placement,
+                  progress=progress, on_row=row_done)
     except BadInput as exc:  # a model llama.cpp cannot load: one line, exit 2
         raise InputError(str(exc))
     except RunFailure as exc:
         raise click.ClickException(str(exc))
-    click.echo(b.markdown(rows))
-    if json_file:
-        _write_atomic(json_file, json.dumps({"rows": [asdict(r) for r in rows], "kernel_profiles": profiles},
-                                            indent=1))
+    except KeyboardInterrupt:  # the rows measured so far are printed (and in --json)
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 @main.command("protocol")

@@ -238,9 +238,11 @@ FLASH = {"off": ("off",), "on": ("on",), "auto": ("auto",), "both": ("off", "on"
 
 def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n_gpu_layers: int = 0,
         threads: int = 0, device: str = "cpu", flash: str = "off", cache=("f16", "f16"), kernels: bool = False,
-        placement: dict | None = None, progress=lambda msg: None) -> tuple[list[Row], list[dict]]:
+        placement: dict | None = None, progress=lambda msg: None,
+        on_row=lambda row, rows, profiles: None) -> tuple[list[Row], list[dict]]:
     """The rows, and (with kernels) a kernel profile of each hogwild and batched step; placement: Model's
-    split_mode, tensor_split, main_gpu."""
+    split_mode, tensor_split, main_gpu. on_row(row, rows so far, profiles so far): after each row, so that
+    a run cut short keeps what it measured."""
     model = Model(model_path, n_gpu_layers=n_gpu_layers, **(placement or {}))
     rng = random.Random(0)
     rows, profiles = [], []
@@ -275,15 +277,23 @@ def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n
                 if hw_prof and b_prof:
                     profiles.append({"workers": w, "ctx": ctx_len, "flash_attn": resolved,
                                      "hogwild": hw_prof, "batched": b_prof})
+                on_row(rows[-1], rows, profiles)
     model.close()
     return rows, profiles
 
 
-def markdown(rows: list[Row]) -> str:
-    keys = list(asdict(rows[0]).keys()) if rows else []
-    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    out += ["| " + " | ".join(str(v) for v in asdict(r).values()) + " |" for r in rows]
-    return "\n".join(out)
+def markdown(rows: list) -> str:
+    """Rows (Row or E2ERow) as a Markdown table."""
+    return "\n".join([markdown_header(rows[0]), *map(markdown_row, rows)]) if rows else ""
+
+
+def markdown_header(row) -> str:
+    keys = list(asdict(row).keys())
+    return "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
+
+
+def markdown_row(row) -> str:
+    return "| " + " | ".join(str(v) for v in asdict(row).values()) + " |"
 
 
 # --- end to end: the engine's own loop -------------------------------------------------------------
@@ -315,13 +325,14 @@ class E2ERow:
 def run_e2e(model_path: str, workers: list[int], steps: int = 128, step_tokens: int = 24, n_gpu_layers: int = 0,
             threads: int = 0, device: str = "cpu", flash: str = "auto", cache=("f16", "f16"), n_ctx: int = 0,
             problem: str | None = None, placement: dict | None = None, compare: bool = True,
-            progress=lambda msg: None) -> list[E2ERow]:
+            progress=lambda msg: None, on_row=lambda row, rows: None) -> list[E2ERow]:
     """`hogwild run`'s loop (Engine.stream, greedy, no trace) for each W: aggregate tokens/s, ms per step
     and the share of it spent decoding. Steps end every `step_tokens` sampled tokens (random weights
     never end one), so commits, folds and new steps are timed too; no finisher.
 
     compare: then, in the same process, the bench's hogwild, batched and single steps at the same W and
-    the run's mean view length: what the loop adds to a step, and the speedups the steps allow."""
+    the run's mean view length: what the loop adds to a step, and the speedups the steps allow.
+    on_row(row, rows so far): after each W."""
     from .engine import DoneEvent, Engine
     from .settings import Settings
 
@@ -357,6 +368,7 @@ def run_e2e(model_path: str, workers: list[int], steps: int = 128, step_tokens: 
             progress(f"end to end: {w} workers, the bench's steps at {row.view_ctx} tokens a view")
             _compare(row, model, threads, flash, cache)
         rows.append(row)
+        on_row(row, rows)
     model.close()
     return rows
 

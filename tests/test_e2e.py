@@ -82,3 +82,26 @@ def test_result_texts_keep_each_workers_last_sampled_token(model_path):
         last = [e.text for e in evs if isinstance(e, TokenEvent) and e.worker == name][-1]
         assert text.endswith(last), (name, text[-40:], last)
     assert 0 < result.decode_s <= result.generate_s
+
+
+def test_bench_cut_short_keeps_the_rows_it_measured(model_path, tmp_path, monkeypatch):
+    """Each row is printed, and the JSON rewritten, as soon as it is measured: a bench stopped by Ctrl-C (or
+    a time limit) after W=1 keeps W=1's row and exits 130."""
+    from hogwild_cpp import bench
+
+    compare, calls = bench._compare, []
+
+    def compare_then_stop(row, *args, **kwargs):
+        calls.append(row.workers)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return compare(row, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_compare", compare_then_stop)
+    out = tmp_path / "e2e.json"
+    res = CliRunner().invoke(cli.main, ["bench", str(model_path), "--e2e", "-np", "1,2", "--steps", "10",
+                                        "--step-tokens", "4", "-t", "1", "-c", "8192", "--json", str(out)])
+    assert res.exit_code == 130 and "interrupted" in res.stderr and "Traceback" not in res.output, res.output
+    assert [r["workers"] for r in json.loads(out.read_text())["e2e_rows"]] == [1]
+    table = [line for line in res.stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 3 and "| workers |" in table[0] and table[2].startswith("| cpu |")
