@@ -408,6 +408,7 @@ class Context:
         p.swa_full = cfg.hogwild  # sliding-window models: views keep every cell (see llama.h, hogwild)
         p.no_perf = True
         _log_lines.clear()
+        _check_room(model, cfg)
         self.ptr = ll.llama_init_from_model(model.ptr, p)
         if not self.ptr:
             raise NativeError(f"llama.cpp could not create a context (n_ctx={cfg.n_ctx}): "
@@ -532,6 +533,30 @@ class Context:
 
     def __del__(self):
         self.close()
+
+
+# bytes of llama.cpp's bookkeeping per KV cell (position, shift, sequence bitset, hogwild deltas), roughly
+CELL_BYTES = 48
+
+
+def _check_room(model: Model, cfg: ContextConfig) -> None:
+    """Refuse a context whose KV cache (and cell bookkeeping) is larger than this machine's memory and all its
+    GPUs' together: llama.cpp would try, filling the memory before its allocation fails (a one-layer model at
+    -c 1000000000 reached 19 GB of RSS before std::bad_alloc)."""
+    from .offload import kv_cache_bytes
+
+    kv = kv_cache_bytes(model, cfg.n_ctx, cfg.type_k, cfg.type_v)
+    if kv is None:
+        return
+    need = kv + CELL_BYTES * cfg.n_ctx
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # not known here: let llama.cpp try
+        return
+    have += sum(total for _, _, total in gpu_memory(remote=True))
+    if need > have:
+        raise NativeError(f"llama.cpp could not create a context (n_ctx={cfg.n_ctx}): its KV cache needs about "
+                          f"{need / 2**30:.1f} GiB, more than this machine's memory and GPUs ({have / 2**30:.1f} GiB)")
 
 
 class Sampler:

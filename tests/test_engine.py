@@ -364,10 +364,12 @@ def test_cli_refuses_a_truncated_gguf(one_layer, tmp_path, cut, reason):
 
 
 def test_cli_reports_a_kv_allocation_failure_on_one_line(one_layer):
-    """A KV cache too big for memory (here ~250 GB) is a runtime failure (exit 1) with a hint."""
+    """A KV cache too big for memory (here ~280 GB) is a runtime failure (exit 1) with a hint, refused before
+    llama.cpp tries (it filled 19 GB of memory with cell bookkeeping before its allocation failed)."""
     res = CliRunner().invoke(cli.main, ["run", str(one_layer), "-", "-c", "1000000000", "-n", "2"], input=PROBLEM)
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert "could not create a context" in res.output and "smaller -c" in res.output
+    assert "more than this machine's memory" in res.output
     lines = res.output.strip().splitlines()  # past the trained context: a warning first
     assert len(lines) == 2 and lines[0].startswith("warning: -c 1000000000 is more than"), res.output
 
