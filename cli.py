@@ -188,7 +188,7 @@ def _use_color(color: str, no_color: bool, tty: bool) -> bool:
 
 def _device_options(f):
     """llama.cpp's options for models on several devices (GPUs, RPC servers), the same on run and bench."""
-    for opt in reversed([
+    return _options(
         click.option("-sm", "--split-mode", default="layer", show_default=True, type=click.Choice(list(SPLIT_MODES)),
                      help="How to split the model over several GPUs or RPC devices (llama.cpp's): none, layer, "
                           "row (CUDA)."),
@@ -198,9 +198,7 @@ def _device_options(f):
                      help="The device for split mode none (and for intermediate results with row)."),
         click.option("--rpc", default=None, help="llama.cpp RPC servers (HOST:PORT,...) whose devices take layers "
                      "(see `hogwild rpc-server`; never expose one to an untrusted network)."),
-    ]):
-        f = opt(f)
-    return f
+    )(f)
 
 
 @click.group()

@@ -81,7 +81,9 @@ _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "
 
 def gguf_metadata(path, enough=lambda meta: False) -> dict:
     """A GGUF file's key-value metadata, read in order until `enough(meta)` (the model's shape comes before
-    its vocabulary, so a fit does not read the tokens). BadInput for a file that is not GGUF."""
+    its vocabulary, so a fit does not read the tokens). BadInput for a file that is not GGUF.
+    Not gguf.GGUFReader: it parses every field and tensor first, 3 s for SmolLM2 and 13 s for Gemma 3 270M
+    on the 2-core machine while a bench ran (this: under a millisecond), on every run's start."""
     import struct
 
     from .errors import BadInput
