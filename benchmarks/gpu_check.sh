@@ -90,15 +90,20 @@ run_bench() {
 }
 
 run_e2e() {
-    # hogwild run's own loop (bench --e2e): aggregate tokens/s against W=1, ms per step, its decode share
+    # hogwild run's own loop (bench --e2e): aggregate tokens/s against W=1, ms per step, its decode share.
+    # The models have the protocol's word pieces in their vocabulary (gguf_gen --words: a step's label is
+    # 7 tokens, as in real vocabularies); HOGWILD_GPU_E2E_VOCAB=bytes spells every text byte by byte instead
     local dev; dev=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+    local vocab=${HOGWILD_GPU_E2E_VOCAB:-words}
     for spec in ${HOGWILD_GPU_E2E:-8b:1,2,4,8 32b:1,2,4}; do
         IFS=: read -r preset workers <<< "$spec"
-        [[ -f /tmp/$preset.gguf ]] || python3 -m models.gguf_gen /tmp/$preset.gguf --preset "$preset" --dtype q4_0 --n-ctx-train 16384
-        echo "== e2e $preset $workers $(date +%T)"
-        python3 cli.py bench /tmp/$preset.gguf --e2e -np "$workers" --steps ${HOGWILD_GPU_E2E_STEPS:-256} \
-            --step-tokens 24 -c 8192 -ngl 99 --device "$dev" --json "$LOG/e2e-$preset.json" 2>&1 \
-            | tee "$LOG/e2e-$preset.md" || echo "e2e $preset stopped early"
+        local model=/tmp/$preset-$vocab.gguf
+        [[ -f $model ]] || python3 -m models.gguf_gen "$model" --preset "$preset" --dtype q4_0 --n-ctx-train 16384 \
+            $([[ $vocab == words ]] && echo --words)
+        echo "== e2e $preset ($vocab) $workers $(date +%T)"
+        python3 cli.py bench "$model" --e2e -np "$workers" --steps ${HOGWILD_GPU_E2E_STEPS:-256} \
+            --step-tokens 24 -c 8192 -ngl 99 --device "$dev" --json "$LOG/e2e-$preset-$vocab.json" 2>&1 \
+            | tee "$LOG/e2e-$preset-$vocab.md" || echo "e2e $preset stopped early"
     done
 }
 

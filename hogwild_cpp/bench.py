@@ -298,6 +298,10 @@ def markdown_row(row) -> str:
 
 # --- end to end: the engine's own loop -------------------------------------------------------------
 
+E2E_PROBLEM = ("A bakery sells muffins in boxes of 6. On Monday it bakes 9 boxes and sells 40 muffins. "
+               "How many muffins are left?")
+
+
 @dataclass
 class E2ERow:
     device: str
@@ -338,8 +342,7 @@ def run_e2e(model_path: str, workers: list[int], steps: int = 128, step_tokens: 
 
     model = Model(model_path, n_gpu_layers=n_gpu_layers, **(placement or {}))
     name = str(model_path).rsplit("/", 1)[-1]
-    text = problem or ("A bakery sells muffins in boxes of 6. On Monday it bakes 9 boxes and sells 40 muffins. "
-                       "How many muffins are left?")
+    text = problem or E2E_PROBLEM
     rows: list[E2ERow] = []
     base = None
     for w in workers:

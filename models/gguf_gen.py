@@ -9,6 +9,7 @@ only good for timing.
 
     python -m models.gguf_gen tiny.gguf
     python -m models.gguf_gen bench-1b.gguf --preset 1b --dtype q4_0
+    python -m models.gguf_gen bench-8b.gguf --preset 8b --words   # the protocol's texts tokenize as in a real model
 """
 
 from __future__ import annotations
@@ -53,21 +54,63 @@ WEIGHT_STD = 0.02
 CHUNK_ELEMENTS = 1 << 24  # bounds the temporary float arrays of the fast path
 
 
-def vocabulary(n_vocab: int = N_BASE_VOCAB) -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and types of a byte-fallback SentencePiece vocabulary."""
-    if n_vocab < N_BASE_VOCAB:
-        raise ValueError(f"n_vocab must be at least {N_BASE_VOCAB}")
+def vocabulary(n_vocab: int = N_BASE_VOCAB, words: list[str] = ()) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and types of a byte-fallback SentencePiece vocabulary; `words` (pieces from
+    `word_pieces`) take the places of padding tokens."""
+    if n_vocab < N_BASE_VOCAB + len(words):
+        raise ValueError(f"n_vocab must be at least {N_BASE_VOCAB + len(words)}")
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     types += [gguf.TokenType.BYTE] * 256
     # without a SPACE token, spaces would decode as the bytes of U+2581
     tokens.append(SPACE)
     types.append(gguf.TokenType.NORMAL)
+    scores = [0.0] * N_BASE_VOCAB
+    # SentencePiece merges the best-scoring adjacent pair whose join is a token: a longer piece scores higher
+    tokens += words
+    types += [gguf.TokenType.NORMAL] * len(words)
+    scores += [float(len(w)) for w in words]
     # padding tokens only make the embedding and output matrices realistic in size
-    tokens += [f"<dummy{i:06d}>" for i in range(N_BASE_VOCAB, n_vocab)]
-    types += [gguf.TokenType.NORMAL] * (n_vocab - N_BASE_VOCAB)
-    scores = [0.0] * n_vocab
+    n_base = N_BASE_VOCAB + len(words)
+    tokens += [f"<dummy{i:06d}>" for i in range(n_base, n_vocab)]
+    types += [gguf.TokenType.NORMAL] * (n_vocab - n_base)
+    scores += [0.0] * (n_vocab - n_base)
     return tokens, scores, [int(t) for t in types]
+
+
+def word_pieces(text: str) -> list[str]:
+    """Pieces that make a SentencePiece vocabulary split `text` about as a real model's does: every
+    word (a run of letters or digits, with its leading space as SPACE) and every run of punctuation
+    becomes one token, reached through its prefixes (each merge joins a piece and the next character).
+
+    The byte vocabulary alone spells every character: "**Alice [3]:** " is 16 tokens there and 7 in
+    SmolLM2's or Gemma 3's vocabulary, and on a GPU a batch of more than 8 tokens leaves the mat-vec
+    kernels, so speed benchmarks of the protocol's labels need words."""
+    import re
+
+    pieces: dict[str, None] = {}
+    for m in re.finditer(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+", text):
+        word = m.group().replace(" ", SPACE)
+        for i in range(2, len(word) + 1):
+            pieces.setdefault(word[:i], None)
+    return list(pieces)
+
+
+def protocol_words() -> list[str]:
+    """The word pieces of this project's own texts: the default protocol (headers, markers, labels, openers,
+    instructions), its worker names, and `hogwild bench --e2e`'s problem."""
+    from hogwild_cpp import protocol
+    from hogwild_cpp.bench import E2E_PROBLEM
+
+    from hogwild_cpp.layouts import LAYOUTS
+
+    p, names = protocol.default(), protocol.default_names(8)
+    texts = [p.instructions(names, lay) for lay in LAYOUTS.values()] + [p.finisher_text(None), E2E_PROBLEM]
+    texts += [p[f"layout.{k}"] for k in ("history_header", "others_header", "marker", "own_header",
+                                           "own_workspace_header")]
+    texts += [p.step_prefix(n, k) + p.opener(names, i) + p.check_question(names, n)
+              for i, n in enumerate(names) for k in range(1, 10)]
+    return word_pieces("\n".join(texts))
 
 
 def default_n_ff(n_embd: int) -> int:
@@ -159,11 +202,13 @@ def write_llama_gguf(
     chat_template: str | None = None,
     fast: bool | None = None,
     weight_std: float = WEIGHT_STD,
+    words: bool = False,
 ) -> Path:
     """Write a llama GGUF with random weights; 2-D matrices in `dtype`, norms f32 (= 1).
 
     `fast` writes random quantized blocks instead of quantizing normal weights; by default
-    it is on for models over 50M parameters.
+    it is on for models over 50M parameters. `words`: the vocabulary also has the word pieces of the
+    protocol's texts (`protocol_words`), so that they tokenize about as in a real model.
     """
     if dtype not in QTYPES:
         raise ValueError(f"dtype must be one of {sorted(QTYPES)}")
@@ -185,7 +230,7 @@ def write_llama_gguf(
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(n_vocab)
 
-    add_byte_vocabulary(writer, n_vocab)
+    add_byte_vocabulary(writer, n_vocab, protocol_words() if words else ())
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     if chat_template is not None:
@@ -219,9 +264,9 @@ def add_shape(writer: gguf.GGUFWriter, n_ctx_train, n_embd, n_layer, n_ff, n_hea
         writer.add_head_count_kv(n_head_kv)
 
 
-def add_byte_vocabulary(writer: gguf.GGUFWriter, n_vocab: int = N_BASE_VOCAB) -> None:
-    """The SentencePiece-style byte vocabulary every generated model uses."""
-    tokens, scores, types = vocabulary(n_vocab)
+def add_byte_vocabulary(writer: gguf.GGUFWriter, n_vocab: int = N_BASE_VOCAB, words: list[str] = ()) -> None:
+    """The SentencePiece-style byte vocabulary every generated model uses (with `words`, word pieces too)."""
+    tokens, scores, types = vocabulary(n_vocab, words)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -555,6 +600,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rope-theta", type=float)
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                         help="random quantized blocks instead of quantized normal weights")
+    parser.add_argument("--words", action="store_true",
+                        help="word pieces of the protocol's texts in the vocabulary (labels, headers and prompts "
+                             "tokenize about as in a real model; the byte vocabulary spells them out)")
     args = parser.parse_args(argv)
 
     params = dict(PRESETS[args.preset])
@@ -563,7 +611,7 @@ def main(argv=None) -> None:
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     dtype = args.dtype or PRESET_DTYPES[args.preset]
-    path = write_llama_gguf(args.out, dtype=dtype, fast=args.fast, **params)
+    path = write_llama_gguf(args.out, dtype=dtype, fast=args.fast, words=args.words, **params)
     print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
 
 

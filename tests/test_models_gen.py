@@ -96,6 +96,30 @@ def test_any_text_tokenizes_through_byte_fallback(tiny_models):
         m.close()
 
 
+def test_word_pieces_tokenize_the_protocol_as_a_real_vocabulary_does(tmp_path):
+    """With `words`, a step's label is 7 tokens, as in SmolLM2's and Gemma 3's vocabularies (16 with bytes
+    alone), and any text still tokenizes and reads back."""
+    from hogwild_cpp import protocol
+
+    p = protocol.default()
+    label = p.step_prefix("Alice", 3)
+    words = write_llama_gguf(tmp_path / "w.gguf", n_vocab=2048, words=True)
+    m, b = LoadedModel(words), LoadedModel(write_llama_gguf(tmp_path / "b.gguf"))
+    try:
+        assert len(m.tokenize(label)) - 1 == 7  # after BOS
+        assert len(b.tokenize(label)) - 1 == 16
+        for text in (label, p["layout.marker"], "naïve café, 42 € — not in the list"):
+            pieces = b""
+            for t in m.tokenize(text)[1:]:
+                buf = ctypes.create_string_buffer(64)
+                n = llama_cpp.llama_token_to_piece(m.vocab, t, buf, len(buf), 0, False)
+                pieces += buf.raw[:n]
+            assert pieces.decode().strip() == text.strip()
+    finally:
+        m.close()
+        b.close()
+
+
 def test_same_seed_writes_the_same_file_and_another_seed_does_not(tmp_path):
     a = write_llama_gguf(tmp_path / "a.gguf", dtype="q8_0", seed=1).read_bytes()
     b = write_llama_gguf(tmp_path / "b.gguf", dtype="q8_0", seed=1).read_bytes()
