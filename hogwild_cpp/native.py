@@ -509,8 +509,8 @@ class Context:
 
     def sample(self, outputs: list[int], samplers: list[Sampler], n_threads: int | None = None,
                whole_vocab: bool = False) -> list[int]:
-        """One token for each output of the last decode, with its sampler, in one native call (the chains run
-        in parallel, up to n_threads; default: the context's threads); each sampler accepts its token.
+        """One token for each output of the last decode, with its sampler, in one native call (a thread for every
+        8 chains, up to n_threads; default: the context's threads); each sampler accepts its token.
         A chain sees only the candidates it can keep (Sampler.n_keep), not the whole vocabulary: the same
         token, sooner (whole_vocab: every candidate, as llama_sampler_sample does)."""
         n = len(outputs)

@@ -517,22 +517,23 @@ def test_cuda_without_tf32_stock_decodes_do_not_depend_on_the_batch_size(deep_mo
 def test_sampling_every_worker_in_one_native_call_equals_sampling_copied_logits(tiny_models, temp, top_k, n_banned):
     """Context.sample (llama_hogwild_sample: the chains run in parallel, over llama.cpp's own logits, each
     over only the candidates it can keep) picks what each worker's sampler picks from a copy of its whole
-    logits, and advances the chains the same way; banned tokens (some of them the best ones) stay banned."""
+    logits, and advances the chains the same way; banned tokens (some of them the best ones) stay banned.
+    16 workers: the chains run on two threads (one for every 8 chains)."""
     from hogwild_cpp.native import Sampler
 
-    model = tiny_models["gqa"]
-    ctx = Context(model, ContextConfig(n_ctx=256, n_seq_max=4, n_threads=2))
+    model, W = tiny_models["gqa"], 16
+    ctx = Context(model, ContextConfig(n_ctx=256, n_seq_max=W, n_threads=2))
     rng = random.Random(3)
-    items = [(rng.randrange(3, model.n_vocab), 0, w, True) for w in range(4)]
+    items = [(rng.randrange(3, model.n_vocab), 0, w, True) for w in range(W)]
     first = ctx.decode(items)
     banned = sorted({int(t) for lg in first for t in np.argsort(lg)[::-1][:n_banned]})  # the favourites
     make = lambda w: Sampler(model.n_vocab, temp, top_k=top_k, top_p=0.9, min_p=0.01, seed=10 + w,  # noqa: E731
                              banned=banned)
-    fast, whole, slow = ([make(w) for w in range(4)] for _ in range(3))
+    fast, whole, slow = ([make(w) for w in range(W)] for _ in range(3))
     for pos in range(1, 8):
-        items = [(rng.randrange(3, model.n_vocab), pos, w, True) for w in range(4)]
+        items = [(rng.randrange(3, model.n_vocab), pos, w, True) for w in range(W)]
         outputs = ctx.decode(items, copy_logits=False)
-        assert outputs == [0, 1, 2, 3]
+        assert outputs == list(range(W))
         copies = [ctx.logits(i) for i in outputs]
         picked = ctx.sample(outputs, fast)
         assert picked == ctx.sample(outputs, whole, whole_vocab=True) == [s.sample(lg) for s, lg in zip(slow, copies)]
