@@ -201,7 +201,29 @@ def _device_options(f):
     )(f)
 
 
-@click.group()
+def _exit_on_broken_pipe() -> None:
+    """stdout's reader went away (`hogwild run ... | head`): end quietly with 141, as a process killed by
+    SIGPIPE (llama.cpp's tools), stdout sent to /dev/null so that Python's last flush has nothing to fail."""
+    import signal
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
+
+
+class _Group(click.Group):
+    """The `hogwild` group: a closed stdout ends any subcommand quietly (click's own handling exits 1)."""
+
+    def invoke(self, ctx):
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # what is still buffered, while a broken pipe is caught here
+        except BrokenPipeError:
+            _exit_on_broken_pipe()
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="hogwild_cpp")
 def main():
     """Hogwild! Inference: several workers over one shared llama.cpp KV cache."""
