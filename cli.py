@@ -210,8 +210,30 @@ def _exit_on_broken_pipe() -> None:
     sys.exit(128 + signal.SIGPIPE)
 
 
-class _Group(click.Group):
+class _ShownSuggestions:
+    """A mistyped option's "Did you mean" names only options --help shows: click's own suggestions come from
+    every name, hidden ones and old spellings too (`--colour` got `--no-color`)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if not exc.possibilities:
+                raise
+            shown = [o for p in self.get_params(ctx) if isinstance(p, click.Option) and not p.hidden
+                     for o in [*p.opts, *p.secondary_opts]
+                     if o not in getattr(p, "old", ()) and len(o) > 2]  # click's long names only, as it does
+            raise click.NoSuchOption(exc.option_name, possibilities=shown, ctx=exc.ctx) from None
+
+
+class _Command(_ShownSuggestions, click.Command):
+    pass
+
+
+class _Group(_ShownSuggestions, click.Group):
     """The `hogwild` group: a closed stdout ends any subcommand quietly (click's own handling exits 1)."""
+
+    command_class = _Command
 
     def invoke(self, ctx):
         try:
