@@ -81,7 +81,7 @@ SHARED = {  # flag -> the subcommands that must have it, meaning the same thing
     "--min-p": ["run", "complete", "eval", "serve"],
     "-fa": ["run", "complete", "eval", "serve", "bench"], "-ctk": ["run", "complete", "eval", "serve", "bench"],
     "-ctv": ["run", "complete", "eval", "serve", "bench"],
-    "-p": ["run", "complete"], "-f": ["run", "complete"], "-sys": ["run", "complete", "serve"],
+    "-p": ["run", "complete"], "-f": ["run", "complete"], "-sys": ["run", "complete", "serve", "eval"],
 }
 
 
