@@ -86,13 +86,18 @@ def _model_option(f):
                         help="The GGUF model file (or give it as the first argument).")(f)
 
 
+def _system_option(help: str):
+    """llama.cpp's -sys/--system-prompt."""
+    return click.option("-sys", "--system-prompt", "system_prompt", help=help)
+
+
 def _prompt_options(system_help: str):
     """llama.cpp's -f/--file, -p/--prompt and -sys/--system-prompt (the prompt: one of -f, -p, PROMPT_FILE)."""
     return _options(
         click.option("-f", "--file", "file_opt", type=click.Path(allow_dash=True, path_type=Path),
                      help="The prompt file ('-': stdin), as PROMPT_FILE."),
         click.option("-p", "--prompt", "prompt_text", help="The prompt itself, instead of a file."),
-        click.option("-sys", "--system-prompt", "system_prompt", help=system_help),
+        _system_option(system_help),
     )
 
 
@@ -201,7 +206,51 @@ def _device_options(f):
     )(f)
 
 
-@click.group()
+def _exit_on_broken_pipe() -> None:
+    """stdout's reader went away (`hogwild run ... | head`): end quietly with 141, as a process killed by
+    SIGPIPE (llama.cpp's tools), stdout sent to /dev/null so that Python's last flush has nothing to fail."""
+    import signal
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
+
+
+class _ShownSuggestions:
+    """A mistyped option's "Did you mean" names only options --help shows: click's own suggestions come from
+    every name, hidden ones and old spellings too (`--colour` got `--no-color`)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if not exc.possibilities:
+                raise
+            shown = [o for p in self.get_params(ctx) if isinstance(p, click.Option) and not p.hidden
+                     for o in [*p.opts, *p.secondary_opts]
+                     if o not in getattr(p, "old", ()) and len(o) > 2]  # click's long names only, as it does
+            raise click.NoSuchOption(exc.option_name, possibilities=shown, ctx=exc.ctx) from None
+
+
+class _Command(_ShownSuggestions, click.Command):
+    pass
+
+
+class _Group(_ShownSuggestions, click.Group):
+    """The `hogwild` group: a closed stdout ends any subcommand quietly (click's own handling exits 1)."""
+
+    command_class = _Command
+
+    def invoke(self, ctx):
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # what is still buffered, while a broken pipe is caught here
+        except BrokenPipeError:
+            _exit_on_broken_pipe()
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="hogwild_cpp")
 def main():
     """Hogwild! Inference: several workers over one shared llama.cpp KV cache."""
@@ -881,6 +930,8 @@ def serve(model_arg, model_opt, host, port, api_key, max_queue, alias, **opts):
 @click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path(path_type=Path))
 @click.argument("data_arg", metavar="[DATA]", required=False)
 @_model_option
+@_system_option("Your own system prompt for every problem, as run's -sys: it opens the system message, before the "
+                "rules when the protocol puts them there.")
 @click.option("--budgets", default="256,512,1024", show_default=True, callback=_int_list,
               help="Budgets in parallel decode steps, comma-separated: one run to the largest gives them all.")
 @click.option("-np", "--workers", default="1,2", show_default=True, callback=_int_list,
@@ -900,7 +951,7 @@ def serve(model_arg, model_opt, host, port, api_key, max_queue, alias, **opts):
               help="Greedy tokens the finisher may write at each budget (default: the protocol's, 16).")
 @click.option("--protocol", "protocol_file", type=click.Path(path_type=Path), help="A protocol file (see run).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_cmd(model_arg, data_arg, model_opt, budgets, workers, layout, baseline, limit, out_dir, ctx_size, gpu_layers,
+def eval_cmd(model_arg, data_arg, model_opt, system_prompt, budgets, workers, layout, baseline, limit, out_dir, ctx_size, gpu_layers,
              threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, finisher_tokens,
              protocol_file, quiet):
     """Accuracy against budget on DATA (JSONL with problem/question and answer/solution fields, or
@@ -918,7 +969,7 @@ def eval_cmd(model_arg, data_arg, model_opt, budgets, workers, layout, baseline,
     try:
         settings = Settings(layout=layout, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads,
                             seed=_pick_seed(seed), temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                            flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                            system_prompt=system_prompt, flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
                             finisher_tokens=finisher_tokens, protocol=protocol_file)
         settings.check()
         ev.load_data(data, limit)  # bad data: one line, before the model loads

@@ -306,7 +306,8 @@ def setup_of(model_path, settings) -> dict:
     return dict(model=Path(model_path).name, layout=s.layout, seed=s.seed, temp=s.temp, top_k=s.top_k,
                 top_p=s.top_p, min_p=s.min_p, finisher_tokens=s.finisher_tokens, check_every=s.check_every,
                 protocol=str(protocol) if protocol is not None else None, instructions_in=s.instructions_in,
-                n_ctx=s.n_ctx, cache=[s.cache_type_k, s.cache_type_v])
+                n_ctx=s.n_ctx, cache=[s.cache_type_k, s.cache_type_v],
+                **({"system_prompt": s.system_prompt} if s.system_prompt else {}))  # absent: older records match
 
 
 def latest(records: list[dict], budgets: list[int] | None = None, setup: dict | None = None

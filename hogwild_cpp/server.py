@@ -4,8 +4,9 @@
     Server(app).run(sockets=[listen("127.0.0.1", 8080)])      # or: hogwild serve model.gguf
 
 Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (streaming or not), `GET /v1/models`,
-`GET /health`. A request's problem is its last user message (chat) or its prompt (completions);
-the response's content is the run's answer. Per-request settings go in an extra `hogwild` object
+`GET /health`. A request's problem is its last user message (chat) or its prompt (completions),
+and a chat's system messages are its system prompt (else the server's); the response's content is
+the run's answer. Per-request settings go in an extra `hogwild` object
 (workers, layout, max_steps, names, check_every, finisher_tokens) and the usual sampling fields
 (temperature, top_p, seed, and llama.cpp's top_k, min_p); the rest comes from the server's defaults.
 The response's `hogwild` object holds every worker's text, the stop reason, who wrote the answer
@@ -117,8 +118,8 @@ class CompletionRequest(_Common):
 
 
 def _problem_of_chat(req: ChatRequest) -> str:
-    """The last user message. System messages and earlier turns are not passed on: the engine
-    writes its own system prompt (the collaboration rules) around the problem."""
+    """The last user message. Earlier turns are not passed on: the engine writes its own prompt (the
+    collaboration rules) around the problem."""
     for m in reversed(req.messages):
         if m.role == "user":
             text = m.text()
@@ -126,6 +127,13 @@ def _problem_of_chat(req: ChatRequest) -> str:
                 raise _Refusal(400, "the last user message is empty", param="messages")
             return text
     raise _Refusal(400, "no user message: the last user message is the problem", param="messages")
+
+
+def _system_of_chat(req: ChatRequest) -> str | None:
+    """The request's system messages ("developer" is OpenAI's newer name), joined: the run's system prompt
+    in place of the server's -sys, as llama.cpp's server uses the request's. None without one."""
+    texts = [m.text().strip() for m in req.messages if m.role in ("system", "developer")]
+    return "\n\n".join(t for t in texts if t) or None
 
 
 def _problem_of_completion(req: CompletionRequest) -> str:
@@ -139,11 +147,12 @@ def _problem_of_completion(req: CompletionRequest) -> str:
     return prompt
 
 
-def _settings_for(defaults: Settings, req: _Common, max_tokens: int | None) -> Settings:
-    """The server's settings with the request's changes; BadInput if they cannot work."""
+def _settings_for(defaults: Settings, req: _Common, max_tokens: int | None, system: str | None = None) -> Settings:
+    """The server's settings with the request's changes (`system`: its system prompt); BadInput if they
+    cannot work."""
     h = req.hogwild or HogwildOptions()
     fields = {f.name for f in dataclasses.fields(Settings)}
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {} if system is None else {"system_prompt": system}
     for key in ("workers", "layout", "names", "check_every", "finisher_tokens"):
         value = getattr(h, key)
         if value is not None:
@@ -606,16 +615,18 @@ def create_app(hogwild, defaults: Settings | None = None, *, model_id: str | Non
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         problem = _problem_of_chat(body)
-        return await _serve(request, body, problem, body.max_completion_tokens or body.max_tokens, chat=True)
+        return await _serve(request, body, problem, body.max_completion_tokens or body.max_tokens, chat=True,
+                             system=_system_of_chat(body))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         problem = _problem_of_completion(body)
         return await _serve(request, body, problem, body.max_tokens, chat=False)
 
-    async def _serve(request: Request, body: _Common, problem: str, max_tokens: int | None, chat: bool):
+    async def _serve(request: Request, body: _Common, problem: str, max_tokens: int | None, chat: bool,
+                     system: str | None = None):
         try:
-            settings = _settings_for(defaults, body, max_tokens)
+            settings = _settings_for(defaults, body, max_tokens, system)
         except BadInput as exc:
             raise _Refusal(400, str(exc), param="hogwild")
         try:

@@ -81,7 +81,7 @@ SHARED = {  # flag -> the subcommands that must have it, meaning the same thing
     "--min-p": ["run", "complete", "eval", "serve"],
     "-fa": ["run", "complete", "eval", "serve", "bench"], "-ctk": ["run", "complete", "eval", "serve", "bench"],
     "-ctv": ["run", "complete", "eval", "serve", "bench"],
-    "-p": ["run", "complete"], "-f": ["run", "complete"], "-sys": ["run", "complete", "serve"],
+    "-p": ["run", "complete"], "-f": ["run", "complete"], "-sys": ["run", "complete", "serve", "eval"],
 }
 
 
@@ -115,6 +115,20 @@ def test_old_spellings_still_work_but_are_not_in_the_help(command, old, new):
     assert new in help_text and not re.search(rf"{old}(?![-\w])", help_text)
     spellings = {o for p in cli.main.commands[command].params for o in getattr(p, "opts", [])}
     assert old in spellings
+
+
+@pytest.mark.parametrize("command, typo, meant", [("run", "--colour", "--color"), ("run", "--no-colr", "--color"),
+                                                  ("complete", "--n-ct", None), ("bench", "--ct", None)])
+def test_a_mistyped_flag_is_told_only_spellings_the_help_shows(command, typo, meant):
+    """click suggests from every name, so `--colour` got the hidden `--no-color`; now only shown names."""
+    res = invoke(command, typo)
+    one_error(res, f"No such option '{typo}'")
+    error = next(line for line in res.output.splitlines() if line.startswith("Error:"))
+    suggested = set(re.findall(r"'(-[\w-]+)'", error)) - {typo}
+    unlisted = {o for p in cli.main.commands[command].params if isinstance(p, click.Option)
+                for o in p.opts if p.hidden or o in getattr(p, "old", ())}
+    assert suggested and not suggested & unlisted, error
+    assert meant is None or meant in suggested, error
 
 
 def test_bench_takes_llama_bench_depths_and_the_old_ctx(tmp_path):

@@ -138,6 +138,24 @@ def test_outputs_that_collide_with_each_other_or_an_input_are_refused(one_layer,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
 
 
+@pytest.mark.parametrize("args", [["run", "{model}", "-", "-n", "50", *FAST],
+                                  ["run", "{model}", "-", "-n", "50", *FAST, "--json"],
+                                  ["complete", "{model}", "-", "-n", "50", *FAST], ["protocol"], ["run", "--help"]])
+def test_a_closed_stdout_ends_the_command_quietly_with_141_as_sigpipe_would(one_layer, args):
+    """`hogwild run ... | head`: once the reader has gone, exit 141 (128 + SIGPIPE) with nothing on stderr
+    (no traceback, no 'Exception ignored' from Python's last flush). The pipe is closed before the command
+    starts, so that its first write meets it closed, every time."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *[str(a).format(model=one_layer) for a in args]],
+                                stdin=subprocess.PIPE, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(PROBLEM, timeout=300)
+    assert proc.returncode == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
 # --- 3. names ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("names, message", [("Al,", "a worker's name is empty"), ("Al, ", "a worker's name is empty"),

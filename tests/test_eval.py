@@ -12,7 +12,7 @@ from hogwild_cpp.default_model import default_model
 from hogwild_cpp.engine import Engine
 from hogwild_cpp.native import Model
 from hogwild_cpp.settings import Settings
-from conftest import SHORT_RULES
+from conftest import SHORT_RULES, short_rules_file
 
 
 
@@ -156,6 +156,31 @@ def test_eval_end_to_end_on_the_default_model(tmp_path):
         for entry in rec["per_budget"].values():
             assert entry["source"] in ("worker", "finisher", None)
     assert (out / "report.html").exists() and (out / "accuracy.png").exists()
+
+
+def test_eval_system_prompt_opens_every_runs_prompt_and_keys_the_resume(one_layer, tmp_path, monkeypatch):
+    """-sys as on run: every run's prompt opens with it (no chat template here: the text); a rerun with
+    another -sys, or none, runs afresh."""
+    from hogwild_cpp import protocol
+
+    prompts, real = [], protocol.chat_prompt
+
+    def chat_prompt(*args, **kwargs):  # the prompt each run's workers read
+        prompts.append(real(*args, **kwargs))
+        return prompts[-1]
+
+    monkeypatch.setattr(protocol, "chat_prompt", chat_prompt)
+    out = tmp_path / "out"
+    args = ["eval", str(one_layer), "builtin", "--limit", "1", "--budgets", "2", "-np", "1,2", "--temp", "0",
+            "-t", "1", "-c", "4096", "--finisher-tokens", "2", "--protocol", str(short_rules_file(tmp_path)),
+            "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, [*args, "-sys", "Answer in French."])
+    assert r.exit_code == 0, r.output
+    assert len(prompts) == 2 and all(p.startswith("Answer in French.\n\n") for p in prompts), prompts
+    assert [rec["setup"]["system_prompt"] for rec in _lines(out / "results.jsonl")] == ["Answer in French."] * 2
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert len(prompts) == 4 and not any(p.startswith("Answer in French.") for p in prompts[2:])
 
 
 def test_eval_refuses_bad_input_in_one_line(tmp_path, one_layer):

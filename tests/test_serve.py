@@ -183,6 +183,32 @@ def test_completions_with_the_openai_client(url):
     assert chunks[-1].model_extra["hogwild"]["workers"] == h["workers"]  # same seed, same run
 
 
+def test_a_chats_system_messages_are_its_system_prompt_over_the_servers(tiny, monkeypatch):
+    """As llama.cpp's server: a chat request's system messages (and OpenAI's "developer" ones), joined,
+    open the workers' prompt in place of the server's -sys; without one, and on /v1/completions, the
+    server's -sys does."""
+    from hogwild_cpp import protocol
+
+    prompts, real = [], protocol.chat_prompt
+
+    def chat_prompt(*args, **kwargs):  # the prompt each run's workers read
+        prompts.append(real(*args, **kwargs))
+        return prompts[-1]
+
+    monkeypatch.setattr(protocol, "chat_prompt", chat_prompt)
+    with serving(tiny, system_prompt="Server rule.", max_steps=2) as u:
+        c = client(u)
+        c.chat.completions.create(model="tiny", messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "In French."}]},
+            {"role": "system", "content": "  "}, {"role": "user", "content": PROBLEM}])
+        c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": PROBLEM}])
+        c.completions.create(model="tiny", prompt=PROBLEM)
+    assert len(prompts) == 3  # the tiny model has no chat template: the system prompt opens the text
+    assert prompts[0].startswith("Be brief.\n\nIn French.\n\n") and "Server rule." not in prompts[0]
+    assert prompts[1].startswith("Server rule.\n\n") and prompts[2].startswith("Server rule.\n\n")
+
+
 def test_the_default_model_answers(tmp_path):
     """A real model: the content is an answer, written by a worker or forced by the finisher, and
     every worker's streamed tokens are its text (the last one sampled is never written to the cache)."""
