@@ -951,9 +951,9 @@ def serve(model_arg, model_opt, host, port, api_key, max_queue, alias, **opts):
               help="Greedy tokens the finisher may write at each budget (default: the protocol's, 16).")
 @click.option("--protocol", "protocol_file", type=click.Path(path_type=Path), help="A protocol file (see run).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_cmd(model_arg, data_arg, model_opt, system_prompt, budgets, workers, layout, baseline, limit, out_dir, ctx_size, gpu_layers,
-             threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p, finisher_tokens,
-             protocol_file, quiet):
+def eval_cmd(model_arg, data_arg, model_opt, system_prompt, budgets, workers, layout, baseline, limit, out_dir,
+             ctx_size, gpu_layers, threads, flash_attn, cache_type_k, cache_type_v, seed, temp, top_k, top_p, min_p,
+             finisher_tokens, protocol_file, quiet):
     """Accuracy against budget on DATA (JSONL with problem/question and answer/solution fields, or
     `builtin`, the default: examples/arith.jsonl) for each worker count, the paper's protocol (README,
     Evaluating). The model: MODEL or -m MODEL.
@@ -969,7 +969,8 @@ def eval_cmd(model_arg, data_arg, model_opt, system_prompt, budgets, workers, la
     try:
         settings = Settings(layout=layout, n_ctx=ctx_size, n_gpu_layers=gpu_layers, threads=threads,
                             seed=_pick_seed(seed), temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                            system_prompt=system_prompt, flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                            system_prompt=system_prompt, flash_attn=flash_attn, cache_type_k=cache_type_k,
+                            cache_type_v=cache_type_v,
                             finisher_tokens=finisher_tokens, protocol=protocol_file)
         settings.check()
         ev.load_data(data, limit)  # bad data: one line, before the model loads
