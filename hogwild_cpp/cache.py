@@ -117,7 +117,8 @@ class SharedCache:
         moved: set[int] = set()
         dropping = []
         changed = [view != self._synced[seq] for seq, view in enumerate(self.views)]
-        first = [self._first_change(seq, view, changed[seq]) for seq, view in enumerate(self.views)]
+        touched = self._grown | self._growing.keys()
+        first = [self._first_change(seq, view, changed[seq], touched) for seq, view in enumerate(self.views)]
         for seq, view in enumerate(self.views):
             if changed[seq]:
                 dropping += self._park_unseen(seq, view, ops)
@@ -146,13 +147,12 @@ class SharedCache:
         self.ctx.apply(ops)
         return []
 
-    def _first_change(self, seq: int, view: list[int], changed: bool) -> int:
-        """Index of the first block of `view` whose place or length may differ from the last sync."""
+    def _first_change(self, seq: int, view: list[int], changed: bool, touched: set[int]) -> int:
+        """Index of the first block of `view` whose place or length may differ from the last sync
+        (`touched`: the blocks that grew since, or grow in this decode)."""
         old, index = self._synced[seq], self._index[seq]
-        first = len(view)
-        if changed:
-            first = next((i for i, (a, b) in enumerate(zip(view, old)) if a != b), min(len(view), len(old)))
-        for bid in self._grown | self._growing.keys():
+        first = _common_prefix(view, old) if changed else len(view)
+        for bid in touched:
             i = index.get(bid)
             if i is not None and i < first:
                 first = i
@@ -178,13 +178,16 @@ class SharedCache:
         return out
 
     def _move(self, seq: int, view: list[int], first: int, ops) -> set[int]:
-        placed, moving = self._placed[seq], []
-        pos = self._start_at(seq, view, first) if first < len(view) else 0
+        if first >= len(view):
+            return set()
+        # every step runs this loop over each view's changed end: _len inlined, lookups local
+        placed, blocks, growing, moving = self._placed[seq], self.blocks, self._growing, []
+        pos = self._start_at(seq, view, first)
         for bid in view[first:]:
             pl = placed.get(bid)
             if pl is not None and pl.start != pos:
                 moving.append((bid, pl, pos))
-            pos += self._len(bid)
+            pos += len(blocks[bid].tokens) + growing.get(bid, 0)
         held = [(pl, new) for _, pl, new in moving if pl.length]
         right = [new > pl.start for pl, new in held]
         if all(right) or not any(right):
@@ -205,18 +208,23 @@ class SharedCache:
 
     def _share(self, seq: int, view: list[int], first: int, ops) -> set[int]:
         placed, grown = self._placed[seq], set()
-        pos = self._start_at(seq, view, first) if first < len(view) else 0
+        if first >= len(view):
+            return grown
+        blocks, growing = self.blocks, self._growing
+        pos = self._start_at(seq, view, first)
         for bid in view[first:]:
-            b = self.blocks[bid]
-            pl = placed.setdefault(bid, _Placed(start=pos, length=0))
-            if pl.length < len(b.tokens):
+            n = len(blocks[bid].tokens)
+            pl = placed.get(bid)
+            if pl is None:  # a block the view just took in (a _Placed only then: this loop runs every step)
+                pl = placed[bid] = _Placed(start=pos, length=0)
+            if pl.length < n:
                 src = self._holder(bid, seq)
                 spl = self._placed[src]
-                lo, hi = spl[bid].start + pl.length, spl[bid].start + len(b.tokens)
+                lo, hi = spl[bid].start + pl.length, spl[bid].start + n
                 ops.append(share(src, seq, lo, hi, pl.start - spl[bid].start))
-                pl.length = len(b.tokens)
+                pl.length = n
                 grown.add(bid)
-            pos += self._len(bid)
+            pos += n + growing.get(bid, 0)
         return grown
 
     def _holder(self, bid: int, exclude: int) -> int:
@@ -234,7 +242,7 @@ class SharedCache:
         sees the block where it is stored, and attention needs no per-view copy of it."""
         for bid in candidates:
             b = self.blocks[bid]
-            holders = [(s, p[bid]) for s, p in enumerate(self._placed) if bid in p and p[bid].length]
+            holders = [(s, pl) for s, p in enumerate(self._placed) if (pl := p.get(bid)) is not None and pl.length]
             if not holders:
                 continue
             deltas = {pl.start - b.canon for _, pl in holders}
@@ -326,13 +334,37 @@ class SharedCache:
         for seq in sorted(appends):
             view = self.views[seq]
             blocks = view[-2:] if seq in heads else view[-1:]
-            mine = [self._placed[seq][b].start for b in blocks]
+            mine = [(b, self._placed[seq][b].start, len(self.blocks[b].tokens)) for b in blocks]
             for s, placed in enumerate(self._placed):
-                if s == seq or any(b not in placed or placed[b].length != len(self.blocks[b].tokens) for b in blocks):
+                # W writers x W views every step: one plain loop, no generator or set per pair
+                if s == seq:
                     continue
-                deltas = {placed[b].start - m for b, m in zip(blocks, mine)}
-                if len(deltas) == 1:
-                    ops.append(follow(seq, s, deltas.pop()))
-                    followers.setdefault(seq, []).append(s)
+                delta = None
+                for b, start, n in mine:
+                    pl = placed.get(b)
+                    if pl is None or pl.length != n or delta is not None and pl.start - start != delta:
+                        break
+                    delta = pl.start - start
+                else:
+                    if delta is not None:
+                        ops.append(follow(seq, s, delta))
+                        followers.setdefault(seq, []).append(s)
         self._following = set(followers)
         return ops, followers
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading items `a` and `b` share. A view's blocks before its first change (a committed
+    step joins the history, deep in every view) are compared a slice at a time, not a Python loop
+    over the whole history."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
