@@ -62,6 +62,7 @@ class SharedCache:
         self._synced: list[list[int]] = [[] for _ in range(n_views)]
         self._index: list[dict[int, int]] = [{} for _ in range(n_views)]
         self._grown: set[int] = set()
+        self._set: set[int] = set()  # views given by set_view since the last sync: the others are as synced
         ctx.clear()
 
     # --- blocks and views ---------------------------------------------------
@@ -76,6 +77,7 @@ class SharedCache:
         if len(set(block_ids)) != len(block_ids):
             raise RuntimeError("a block appears twice in one view")
         self.views[seq] = list(block_ids)
+        self._set.add(seq)
 
     def materialize(self, seq: int) -> list[int]:
         """The token sequence of a view: what a fresh single-sequence decode would see."""
@@ -116,7 +118,7 @@ class SharedCache:
         ops: list[tuple[int, int, int, int, int, int]] = []
         moved: set[int] = set()
         dropping = []
-        changed = [view != self._synced[seq] for seq, view in enumerate(self.views)]
+        changed = [seq in self._set and view != self._synced[seq] for seq, view in enumerate(self.views)]
         touched = self._grown | self._growing.keys()
         first = [self._first_change(seq, view, changed[seq], touched) for seq, view in enumerate(self.views)]
         for seq, view in enumerate(self.views):
@@ -142,6 +144,7 @@ class SharedCache:
                 self._synced[seq] = list(view)
                 self._index[seq] = {bid: i for i, bid in enumerate(view)}
         self._grown.clear()
+        self._set.clear()
         if defer:
             return ops
         self.ctx.apply(ops)
