@@ -243,16 +243,21 @@ class SharedCache:
     def _fold(self, candidates: set[int], ops) -> None:
         """A delta that every holder of a block shares is folded into its stored K: then every view
         sees the block where it is stored, and attention needs no per-view copy of it."""
-        for bid in candidates:
-            b = self.blocks[bid]
-            holders = [(s, pl) for s, p in enumerate(self._placed) if (pl := p.get(bid)) is not None and pl.length]
-            if not holders:
-                continue
-            deltas = {pl.start - b.canon for _, pl in holders}
-            if len(deltas) == 1 and (d := deltas.pop()) != 0:
-                s, pl = holders[0]
-                ops.append(fold(s, pl.start, pl.start + pl.length))
-                b.canon += d
+        for bid in candidates:  # every step: stop at the first holder whose delta differs (most do, early)
+            b, first, d = self.blocks[bid], None, 0
+            for s, placed in enumerate(self._placed):
+                pl = placed.get(bid)
+                if pl is None or not pl.length:
+                    continue
+                if first is None:
+                    first, d = (s, pl), pl.start - b.canon
+                elif pl.start - b.canon != d:
+                    break
+            else:
+                if first is not None and d != 0:
+                    s, pl = first
+                    ops.append(fold(s, pl.start, pl.start + pl.length))
+                    b.canon += d
 
     def _tail_of(self, seq: int, view: list[int]) -> int:
         if not view:
