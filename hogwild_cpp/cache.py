@@ -62,6 +62,7 @@ class SharedCache:
         self._synced: list[list[int]] = [[] for _ in range(n_views)]
         self._index: list[dict[int, int]] = [{} for _ in range(n_views)]
         self._grown: set[int] = set()
+        self._set: set[int] = set()  # views given by set_view since the last sync: the others are as synced
         ctx.clear()
 
     # --- blocks and views ---------------------------------------------------
@@ -76,6 +77,7 @@ class SharedCache:
         if len(set(block_ids)) != len(block_ids):
             raise RuntimeError("a block appears twice in one view")
         self.views[seq] = list(block_ids)
+        self._set.add(seq)
 
     def materialize(self, seq: int) -> list[int]:
         """The token sequence of a view: what a fresh single-sequence decode would see."""
@@ -116,8 +118,9 @@ class SharedCache:
         ops: list[tuple[int, int, int, int, int, int]] = []
         moved: set[int] = set()
         dropping = []
-        changed = [view != self._synced[seq] for seq, view in enumerate(self.views)]
-        first = [self._first_change(seq, view, changed[seq]) for seq, view in enumerate(self.views)]
+        changed = [seq in self._set and view != self._synced[seq] for seq, view in enumerate(self.views)]
+        touched = self._grown | self._growing.keys()
+        first = [self._first_change(seq, view, changed[seq], touched) for seq, view in enumerate(self.views)]
         for seq, view in enumerate(self.views):
             if changed[seq]:
                 dropping += self._park_unseen(seq, view, ops)
@@ -139,20 +142,20 @@ class SharedCache:
         for seq, view in enumerate(self.views):
             if changed[seq]:
                 self._synced[seq] = list(view)
-                self._index[seq] = {bid: i for i, bid in enumerate(view)}
+                self._index[seq] = dict(zip(view, range(len(view))))
         self._grown.clear()
+        self._set.clear()
         if defer:
             return ops
         self.ctx.apply(ops)
         return []
 
-    def _first_change(self, seq: int, view: list[int], changed: bool) -> int:
-        """Index of the first block of `view` whose place or length may differ from the last sync."""
+    def _first_change(self, seq: int, view: list[int], changed: bool, touched: set[int]) -> int:
+        """Index of the first block of `view` whose place or length may differ from the last sync
+        (`touched`: the blocks that grew since, or grow in this decode)."""
         old, index = self._synced[seq], self._index[seq]
-        first = len(view)
-        if changed:
-            first = next((i for i, (a, b) in enumerate(zip(view, old)) if a != b), min(len(view), len(old)))
-        for bid in self._grown | self._growing.keys():
+        first = _common_prefix(view, old) if changed else len(view)
+        for bid in touched:
             i = index.get(bid)
             if i is not None and i < first:
                 first = i
@@ -166,8 +169,9 @@ class SharedCache:
         return self._placed[seq][prev].start + self._len(prev)
 
     def _park_unseen(self, seq: int, view: list[int], ops) -> list[tuple[int, int]]:
-        keep, placed, out = set(view), self._placed[seq], []
-        for bid in [b for b in placed if b not in keep]:
+        placed, out = self._placed[seq], []
+        gone = placed.keys() - set(view)  # a set difference in C: a view that changed seldom drops a block
+        for bid in [b for b in placed if b in gone] if gone else ():
             pl = placed[bid]
             if not pl.length:
                 del placed[bid]
@@ -178,13 +182,16 @@ class SharedCache:
         return out
 
     def _move(self, seq: int, view: list[int], first: int, ops) -> set[int]:
-        placed, moving = self._placed[seq], []
-        pos = self._start_at(seq, view, first) if first < len(view) else 0
+        if first >= len(view):
+            return set()
+        # every step runs this loop over each view's changed end: _len inlined, lookups local
+        placed, blocks, growing, moving = self._placed[seq], self.blocks, self._growing, []
+        pos = self._start_at(seq, view, first)
         for bid in view[first:]:
             pl = placed.get(bid)
             if pl is not None and pl.start != pos:
                 moving.append((bid, pl, pos))
-            pos += self._len(bid)
+            pos += len(blocks[bid].tokens) + growing.get(bid, 0)
         held = [(pl, new) for _, pl, new in moving if pl.length]
         right = [new > pl.start for pl, new in held]
         if all(right) or not any(right):
@@ -205,18 +212,23 @@ class SharedCache:
 
     def _share(self, seq: int, view: list[int], first: int, ops) -> set[int]:
         placed, grown = self._placed[seq], set()
-        pos = self._start_at(seq, view, first) if first < len(view) else 0
+        if first >= len(view):
+            return grown
+        blocks, growing = self.blocks, self._growing
+        pos = self._start_at(seq, view, first)
         for bid in view[first:]:
-            b = self.blocks[bid]
-            pl = placed.setdefault(bid, _Placed(start=pos, length=0))
-            if pl.length < len(b.tokens):
+            n = len(blocks[bid].tokens)
+            pl = placed.get(bid)
+            if pl is None:  # a block the view just took in (a _Placed only then: this loop runs every step)
+                pl = placed[bid] = _Placed(start=pos, length=0)
+            if pl.length < n:
                 src = self._holder(bid, seq)
                 spl = self._placed[src]
-                lo, hi = spl[bid].start + pl.length, spl[bid].start + len(b.tokens)
+                lo, hi = spl[bid].start + pl.length, spl[bid].start + n
                 ops.append(share(src, seq, lo, hi, pl.start - spl[bid].start))
-                pl.length = len(b.tokens)
+                pl.length = n
                 grown.add(bid)
-            pos += self._len(bid)
+            pos += n + growing.get(bid, 0)
         return grown
 
     def _holder(self, bid: int, exclude: int) -> int:
@@ -232,16 +244,21 @@ class SharedCache:
     def _fold(self, candidates: set[int], ops) -> None:
         """A delta that every holder of a block shares is folded into its stored K: then every view
         sees the block where it is stored, and attention needs no per-view copy of it."""
-        for bid in candidates:
-            b = self.blocks[bid]
-            holders = [(s, p[bid]) for s, p in enumerate(self._placed) if bid in p and p[bid].length]
-            if not holders:
-                continue
-            deltas = {pl.start - b.canon for _, pl in holders}
-            if len(deltas) == 1 and (d := deltas.pop()) != 0:
-                s, pl = holders[0]
-                ops.append(fold(s, pl.start, pl.start + pl.length))
-                b.canon += d
+        for bid in candidates:  # every step: stop at the first holder whose delta differs (most do, early)
+            b, first, d = self.blocks[bid], None, 0
+            for s, placed in enumerate(self._placed):
+                pl = placed.get(bid)
+                if pl is None or not pl.length:
+                    continue
+                if first is None:
+                    first, d = (s, pl), pl.start - b.canon
+                elif pl.start - b.canon != d:
+                    break
+            else:
+                if first is not None and d != 0:
+                    s, pl = first
+                    ops.append(fold(s, pl.start, pl.start + pl.length))
+                    b.canon += d
 
     def _tail_of(self, seq: int, view: list[int]) -> int:
         if not view:
@@ -326,13 +343,37 @@ class SharedCache:
         for seq in sorted(appends):
             view = self.views[seq]
             blocks = view[-2:] if seq in heads else view[-1:]
-            mine = [self._placed[seq][b].start for b in blocks]
+            mine = [(b, self._placed[seq][b].start, len(self.blocks[b].tokens)) for b in blocks]
             for s, placed in enumerate(self._placed):
-                if s == seq or any(b not in placed or placed[b].length != len(self.blocks[b].tokens) for b in blocks):
+                # W writers x W views every step: one plain loop, no generator or set per pair
+                if s == seq:
                     continue
-                deltas = {placed[b].start - m for b, m in zip(blocks, mine)}
-                if len(deltas) == 1:
-                    ops.append(follow(seq, s, deltas.pop()))
-                    followers.setdefault(seq, []).append(s)
+                delta = None
+                for b, start, n in mine:
+                    pl = placed.get(b)
+                    if pl is None or pl.length != n or delta is not None and pl.start - start != delta:
+                        break
+                    delta = pl.start - start
+                else:
+                    if delta is not None:
+                        ops.append(follow(seq, s, delta))
+                        followers.setdefault(seq, []).append(s)
         self._following = set(followers)
         return ops, followers
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading items `a` and `b` share. A view's blocks before its first change (a committed
+    step joins the history, deep in every view) are compared a slice at a time, not a Python loop
+    over the whole history."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -172,6 +172,7 @@ class Engine:
         self.finished_tokens = 0
         self.checks_done = 0
         self.decode_s = 0.0
+        self._views_stale = True  # the workers' views need laying out again (see _decode_step)
         self.on_step = None  # hogwild eval: called as on_step(engine, steps_done) before each step (None: off)
 
     # --- the loop -------------------------------------------------------------
@@ -326,6 +327,7 @@ class Engine:
         w.pending = self.model.tokenize(prefix + opening)  # the previous step ended with a blank line
         w.sampled, w.step_sampled = False, 0
         w.text = ""
+        self._views_stale = True  # a view's blocks change only here: a new step (a commit begins one)
         return StepStart(w.name, w.step_no, prefix, opening, check and w.step_no > 1)
 
     def _view(self, w: Worker) -> list[int]:
@@ -359,8 +361,10 @@ class Engine:
                 n_new += len(w.pending)
         if self.cache.used_cells() + n_new + 2 * len(self.workers) + keep >= self.ctx.n_ctx:
             return None
-        for w in self.workers:
-            self.cache.set_view(w.index, self._view(w))
+        if self._views_stale:  # most steps only grow the blocks: the views stay as they were set
+            for w in self.workers:
+                self.cache.set_view(w.index, self._view(w))
+            self._views_stale = False
         t0 = time.perf_counter()
         try:
             outputs = self.cache.decode({w.index: w.pending for w in writers}, copy_logits=False)

@@ -38,6 +38,11 @@ def _id(block) -> int | None:
     return None if block is None else block.id
 
 
+def _add(ids: list[int], i: int | None) -> None:
+    if i is not None:
+        ids.append(i)
+
+
 @dataclass(frozen=True)
 class Layout:
     name: str
@@ -52,20 +57,29 @@ class Layout:
 
     def view(self, me: WorkerBlocks, workers: list[WorkerBlocks], prompt: int, history: list[int],
              header: int | None = None, history_header: int | None = None) -> list[int]:
-        """Block ids of `me`'s view; `workers` in their order; `header`: the others header's id."""
-        ids = [prompt]
+        """Block ids of `me`'s view; `workers` in their order; `header`: the others header's id.
+
+        Only the ids that may be absent are checked one by one: the history and the workspaces (which
+        grow with the run) are joined whole."""
+        ids: list[int] = []
+        _add(ids, prompt)
         if self.history:
-            ids += [history_header, *history]
+            _add(ids, history_header)
+            ids += history
         if self.header:
-            ids.append(header)
+            _add(ids, header)
         if self.shows_others:
             for w in workers:
                 if w is not me:
-                    ids += [*self._done(w), w.step.id, _id(getattr(w, "marker", None)) if self.markers else None]
+                    ids += self._done(w)
+                    ids.append(w.step.id)
+                    if self.markers:
+                        _add(ids, _id(getattr(w, "marker", None)))
         if self.own_header:
-            ids.append(_id(getattr(me, "own_header", None)))
-        ids += [*self._done(me), me.step.id]
-        return [i for i in ids if i is not None]
+            _add(ids, _id(getattr(me, "own_header", None)))
+        ids += self._done(me)
+        ids.append(me.step.id)
+        return ids
 
     def full_view(self, workers: list[WorkerBlocks], prompt: int, history: list[int], header: int | None = None,
                   history_header: int | None = None) -> list[int]:

@@ -6,12 +6,12 @@ Importing this module refuses an unpatched library with a clear message.
 
 from __future__ import annotations
 
-import array
 import collections
 import ctypes
 import functools
 import itertools
 import os
+import struct
 import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -57,29 +57,34 @@ class Op(NamedTuple):
     delta: int = 0
 
 
+# the constructors below build an Op with tuple.__new__: the same tuple, without the NamedTuple's Python-level
+# __new__ (a step at 8 workers builds some 200 of them)
+_new = tuple.__new__
+
+
 def share(seq: int, dst: int, p0: int, p1: int, delta: int) -> Op:
     """dst also sees the cells seq sees at [p0, p1), at p + delta (no data copied)."""
-    return Op(OP_SHARE, seq, dst, p0, p1, delta)
+    return _new(Op, (OP_SHARE, seq, dst, p0, p1, delta))
 
 
 def shift(seq: int, p0: int, p1: int, delta: int) -> Op:
     """seq sees its cells at [p0, p1) at p + delta; other views and K untouched."""
-    return Op(OP_SHIFT, seq, -1, p0, p1, delta)
+    return _new(Op, (OP_SHIFT, seq, -1, p0, p1, delta))
 
 
 def fold(seq: int, p0: int = ALL, p1: int = ALL) -> Op:
     """seq's view of [p0, p1) becomes where K is stored (rotated at the next decode); no view changes."""
-    return Op(OP_FOLD, seq, -1, p0, p1, 0)
+    return _new(Op, (OP_FOLD, seq, -1, p0, p1, 0))
 
 
 def tail(seq: int, delta: int) -> Op:
     """seq's next tokens, decoded at view position p, are stored for position p - delta."""
-    return Op(OP_TAIL, seq, -1, ALL, ALL, delta)
+    return _new(Op, (OP_TAIL, seq, -1, ALL, ALL, delta))
 
 
 def follow(seq: int, dst: int = -1, delta: int = 0) -> Op:
     """dst sees the tokens seq decodes from now on at p + delta, as they are stored (dst -1: no followers)."""
-    return Op(OP_FOLLOW, seq, dst, ALL, ALL, delta)
+    return _new(Op, (OP_FOLLOW, seq, dst, ALL, ALL, delta))
 
 
 try:
@@ -429,9 +434,11 @@ class Context:
         """Apply operations in order, in one call (all checked first: nothing is applied on a refusal)."""
         if not ops:
             return
-        # the layout of struct llama_hogwild_op: six int32 a row (array.array: faster than numpy for ~100 rows)
-        arr = array.array("i", itertools.chain.from_iterable(ops))
-        if _apply(self.ptr, ctypes.cast(arr.buffer_info()[0], ctypes.POINTER(HogwildOp)), len(ops)) != 0:
+        # the layout of struct llama_hogwild_op: six int32 a row, packed in one struct.pack call (about twice
+        # as fast as array.array over the chained rows, and than numpy, for the ~200 rows of a step at W=8)
+        n = len(ops)
+        rows = (HogwildOp * n).from_buffer_copy(struct.pack(f"{6 * n}i", *itertools.chain.from_iterable(ops)))
+        if _apply(self.ptr, rows, n) != 0:
             raise NativeError(_last_error().decode())
 
     def used_cells(self) -> int:
