@@ -17,7 +17,8 @@
 # Environment: HOGWILD_GPU_FA=0 builds without CUDA flash-attention kernels (faster build, no
 # flash-attention rows); HOGWILD_GPU_BENCH lists preset:workers:contexts runs (8k contexts run with
 # CUDA graphs off: benchmarks/RESULTS.md, the stock CUDA-graph crash); HOGWILD_GPU_BENCH_FLAGS adds
-# bench flags (default: -fa both --kernels).
+# bench flags (default: -fa both --kernels); HOGWILD_GPU_DRAFTS lists patches applied after the series (e.g.
+# patches/next/*.patch: drafts not yet checked on a GPU, which neither `make` nor this script applies otherwise).
 set -euo pipefail
 CARRY=${HOGWILD_GPU_CARRY:-.gpu}
 PHASES=${*:-build test bench}
@@ -27,7 +28,9 @@ FA=$([[ "${HOGWILD_GPU_FA:-1}" == 1 ]] && echo ON || echo OFF)
 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_CUDA_FA=$FA -DLLAVA_BUILD=OFF \
 -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL -DGGML_RPC=ON \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
-KEY=$( (cat "$ROOT"/patches/*.patch; echo "$CMAKE_ARGS") | sha256sum | cut -c1-16)
+DRAFTS=()
+for d in ${HOGWILD_GPU_DRAFTS:-}; do DRAFTS+=("$ROOT/$d"); done
+KEY=$( (cat "$ROOT"/patches/*.patch ${DRAFTS[@]+"${DRAFTS[@]}"}; echo "$CMAKE_ARGS") | sha256sum | cut -c1-16)
 
 install_build() {
     [[ -f /tmp/site/.hogwild-key && "$(cat /tmp/site/.hogwild-key)" == "$KEY" ]] && return
@@ -36,7 +39,10 @@ install_build() {
     # time stamps and are not recompiled
     rm -rf /tmp/b.new && mkdir -p /tmp/b.new /tmp/b && tar xzf "$CARRY/sdist.tgz" -C /tmp/b.new
     local src; src=$(echo /tmp/b.new/llama_cpp_python-*)
-    for p in "$ROOT"/patches/*.patch; do patch -d "$src" -p1 --forward --batch --fuzz=0 -s < "$p"; done
+    for p in "$ROOT"/patches/*.patch ${DRAFTS[@]+"${DRAFTS[@]}"}; do
+        patch -d "$src" -p1 --forward --batch --fuzz=0 -s < "$p" || { echo "== $p does not apply"; exit 1; }
+    done
+    if (( ${#DRAFTS[@]} )); then echo "== drafts applied: ${DRAFTS[*]}"; fi
     (cd /tmp/b.new && find . -type f) | while read -r f; do
         cmp -s "/tmp/b.new/$f" "/tmp/b/$f" || { mkdir -p "$(dirname "/tmp/b/$f")"; cp -p "/tmp/b.new/$f" "/tmp/b/$f"; touch "/tmp/b/$f"; }
     done
