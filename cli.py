@@ -236,9 +236,16 @@ class _Command(_ShownSuggestions, click.Command):
 
 
 class _Group(_ShownSuggestions, click.Group):
-    """The `hogwild` group: a closed stdout ends any subcommand quietly (click's own handling exits 1)."""
+    """The `hogwild` group: a closed stdout ends any subcommand, and --help or --version, quietly (click's own
+    handling exits 1)."""
 
     command_class = _Command
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # `hogwild --help` and `--version` write while their arguments are parsed, before invoke
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except BrokenPipeError:
+            _exit_on_broken_pipe()
 
     def invoke(self, ctx):
         try:

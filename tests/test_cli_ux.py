@@ -140,7 +140,8 @@ def test_outputs_that_collide_with_each_other_or_an_input_are_refused(one_layer,
 
 @pytest.mark.parametrize("args", [["run", "{model}", "-", "-n", "50", *FAST],
                                   ["run", "{model}", "-", "-n", "50", *FAST, "--json"],
-                                  ["complete", "{model}", "-", "-n", "50", *FAST], ["protocol"], ["run", "--help"]])
+                                  ["complete", "{model}", "-", "-n", "50", *FAST], ["protocol"], ["run", "--help"],
+                                  ["--help"], ["--version"]])
 def test_a_closed_stdout_ends_the_command_quietly_with_141_as_sigpipe_would(one_layer, args):
     """`hogwild run ... | head`: once the reader has gone, exit 141 (128 + SIGPIPE) with nothing on stderr
     (no traceback, no 'Exception ignored' from Python's last flush). The pipe is closed before the command
