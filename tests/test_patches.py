@@ -1,5 +1,5 @@
-"""The drafts in patches/next/ (patches not yet checked on the hardware they are for, which `make` does not apply)
-still apply on top of the series, so that a session with that hardware can try them in one call
+"""The drafts in patches/next/, if any (patches not yet checked on the hardware they are for, which `make` does not
+apply) still apply on top of the series, so that a session with that hardware can try them in one call
 (`HOGWILD_GPU_DRAFTS='patches/next/*.patch' bash benchmarks/gpu_check.sh ...`)."""
 
 import re
