@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (no network): build the patched llama-cpp-python with CUDA from a carried,
 # trimmed sdist plus wheels, run the equivalence tests fully offloaded, and benchmark.
-#   bash benchmarks/gpu_check.sh [build] [test] [bench] [e2e] [split]   (default: build test bench)
+#   bash benchmarks/gpu_check.sh [build] [test] [bench] [e2e] [split] [ab]   (default: build test bench)
 # Logs and results go to $OUT (or /tmp/out).
 #
 # The carried folder ($HOGWILD_GPU_CARRY, default .gpu/) stays out of git (echo /.gpu/ >> .git/info/exclude):
@@ -19,6 +19,9 @@
 # CUDA graphs off: benchmarks/RESULTS.md, the stock CUDA-graph crash); HOGWILD_GPU_BENCH_FLAGS adds
 # bench flags (default: -fa both --kernels); HOGWILD_GPU_DRAFTS lists patches applied after the series (e.g.
 # patches/next/*.patch: drafts not yet checked on a GPU, which neither `make` nor this script applies otherwise).
+# The ab phase benches the drafts against the series: builds with them, without, with again (the second and third
+# builds recompile only the files the drafts touch: ~2 minutes for mmvq.cu), one `bench` each
+# (HOGWILD_GPU_AB_FLAGS, default -np 1,2,4,8 -d 1024 --steps 40 -fa on), the build with the drafts left in place.
 set -euo pipefail
 CARRY=${HOGWILD_GPU_CARRY:-.gpu}
 PHASES=${*:-build test bench}
@@ -30,19 +33,20 @@ CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGM
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 DRAFTS=()
 for d in ${HOGWILD_GPU_DRAFTS:-}; do DRAFTS+=("$ROOT/$d"); done
-KEY=$( (cat "$ROOT"/patches/*.patch ${DRAFTS[@]+"${DRAFTS[@]}"}; echo "$CMAKE_ARGS") | sha256sum | cut -c1-16)
 
-install_build() {
+install_build() {  # [draft patch ...]: the series, then these
+    local drafts=("$@") KEY
+    KEY=$( (cat "$ROOT"/patches/*.patch ${drafts[@]+"${drafts[@]}"}; echo "$CMAKE_ARGS") | sha256sum | cut -c1-16)
     [[ -f /tmp/site/.hogwild-key && "$(cat /tmp/site/.hogwild-key)" == "$KEY" ]] && return
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/*.whl
     # patch a fresh copy, then update /tmp/b only where a file changed: unchanged files keep their
     # time stamps and are not recompiled
     rm -rf /tmp/b.new && mkdir -p /tmp/b.new /tmp/b && tar xzf "$CARRY/sdist.tgz" -C /tmp/b.new
     local src; src=$(echo /tmp/b.new/llama_cpp_python-*)
-    for p in "$ROOT"/patches/*.patch ${DRAFTS[@]+"${DRAFTS[@]}"}; do
+    for p in "$ROOT"/patches/*.patch ${drafts[@]+"${drafts[@]}"}; do
         patch -d "$src" -p1 --forward --batch --fuzz=0 -s < "$p" || { echo "== $p does not apply"; exit 1; }
     done
-    if (( ${#DRAFTS[@]} )); then echo "== drafts applied: ${DRAFTS[*]}"; fi
+    if (( ${#drafts[@]} )); then echo "== drafts applied: ${drafts[*]}"; fi
     (cd /tmp/b.new && find . -type f) | while read -r f; do
         cmp -s "/tmp/b.new/$f" "/tmp/b/$f" || { mkdir -p "$(dirname "/tmp/b/$f")"; cp -p "/tmp/b.new/$f" "/tmp/b/$f"; touch "/tmp/b/$f"; }
     done
@@ -133,7 +137,22 @@ run_split() {
     done
 }
 
-install_build
+run_ab() {
+    (( ${#DRAFTS[@]} )) || { echo "ab: no drafts (HOGWILD_GPU_DRAFTS)"; return 1; }
+    local dev; dev=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+    [[ -f /tmp/8b.gguf ]] || python3 -m models.gguf_gen /tmp/8b.gguf --preset 8b --dtype q4_0 --n-ctx-train 16384
+    local n=0 side
+    for side in with without with; do
+        n=$((n + 1))
+        if [[ $side == with ]]; then install_build "${DRAFTS[@]}"; else install_build; fi
+        echo "== ab $n: $side the drafts $(date +%T)"
+        python3 cli.py bench /tmp/8b.gguf ${HOGWILD_GPU_AB_FLAGS:--np 1,2,4,8 -d 1024 --steps 40 -fa on} -ngl 99 \
+            --device "$dev-$side-drafts" --json "$LOG/ab-$n-$side.json" 2>&1 | tee "$LOG/ab-$n-$side.md" \
+            | grep -v "^bench:" || echo "ab bench $n stopped early"
+    done
+}
+
+install_build ${DRAFTS[@]+"${DRAFTS[@]}"}
 for phase in $PHASES; do
     case $phase in
         build) check_build ;;
@@ -141,6 +160,7 @@ for phase in $PHASES; do
         bench) run_bench ;;
         e2e) run_e2e ;;
         split) run_split ;;
+        ab) run_ab ;;
         *) echo "unknown phase $phase"; exit 2 ;;
     esac
 done
