@@ -713,8 +713,9 @@ def _int_list(ctx, param, value):
 @click.option("--kernels", is_flag=True, help="Also count GPU kernels per step (CUDA build and PyTorch needed).")
 @click.option("--e2e", is_flag=True, help="Time `hogwild run`'s own loop instead: aggregate tokens/s, ms per step "
               "and the share spent decoding, for each -np (greedy, --steps steps, a step ends every "
-              "--step-tokens tokens); then the bench's hogwild, batched and single steps at the run's mean view "
-              "length (run_vs_bench; bound_batched, bound_hogwild: the speedups those steps allow).")
+              "--step-tokens tokens; boundary_share: the steps that decode a new step's label); then the bench's "
+              "hogwild, batched and single steps at the run's mean view length (run_vs_bench, and plain_vs_bench "
+              "without the step boundaries; bound_batched, bound_hogwild: the speedups those steps allow).")
 @click.option("--step-tokens", default=24, show_default=True, help="With --e2e: tokens a step (random weights never "
               "end one).")
 @_ctx_option("With --e2e: context size in tokens (0: the model's trained context, at most 8192). Without "

@@ -316,12 +316,16 @@ class E2ERow:
     speedup_vs_1: float | None  # tok_per_s against the W=1 row of the same run
     final_ctx: int              # used KV cells at the end
     graphs_reused: float        # share of the run's decodes that reused the previous compute graph
+    boundary_steps: int         # steps whose decode wrote more than a token for a worker (a new step's label, headers)
+    boundary_share: float       # their share of the run's time
+    plain_ms_per_step: float | None  # wall time of a step of the others (one token a writing worker)
     # `hogwild bench`'s steps at the same W, at the run's mean view length, timed right after the run (compare):
     view_ctx: int | None = None             # mean tokens in a worker's view over the run (first and last step)
     bench_hogwild_ms: float | None = None   # the bench's hogwild step
     bench_batched_ms: float | None = None   # stock llama.cpp, W sequences of view_ctx tokens
     bench_single_ms: float | None = None    # stock llama.cpp, one sequence
     run_vs_bench: float | None = None       # ms_per_step / bench_hogwild_ms: what the loop adds to a step
+    plain_vs_bench: float | None = None     # plain_ms_per_step / bench_hogwild_ms: the same, step boundaries left out
     bound_batched: float | None = None      # W·single / batched: the speedup stock batching allows
     bound_hogwild: float | None = None      # W·single / hogwild step: the speedup our step allows (free loop)
 
@@ -366,7 +370,12 @@ def run_e2e(model_path: str, workers: list[int], steps: int = 128, step_tokens: 
                      decode_ms_per_step=round(1e3 * result.decode_s / result.steps, 3),
                      loop_overhead=round(result.generate_s / result.decode_s, 3),
                      speedup_vs_1=round(tps / base, 3) if base else None, final_ctx=cells,
-                     graphs_reused=round(reused / result.steps, 3), view_ctx=round(((first or [last])[0] + last) / 2))
+                     graphs_reused=round(reused / result.steps, 3), boundary_steps=result.boundary_steps,
+                     boundary_share=round(result.boundary_s / result.generate_s, 3),
+                     plain_ms_per_step=round(1e3 * (result.generate_s - result.boundary_s)
+                                             / (result.steps - result.boundary_steps), 3)
+                     if result.steps > result.boundary_steps else None,
+                     view_ctx=round(((first or [last])[0] + last) / 2))
         if compare:
             progress(f"end to end: {w} workers, the bench's steps at {row.view_ctx} tokens a view")
             _compare(row, model, threads, flash, cache)
@@ -394,5 +403,7 @@ def _compare(row: E2ERow, model: Model, threads: int, flash: str, cache, steps: 
     row.bench_hogwild_ms, row.bench_batched_ms, row.bench_single_ms = round(hw, 4), round(batched, 4), round(single, 4)
     # the ratios of the numbers as the row gives them
     row.run_vs_bench = round(row.ms_per_step / row.bench_hogwild_ms, 3)
+    if row.plain_ms_per_step is not None:
+        row.plain_vs_bench = round(row.plain_ms_per_step / row.bench_hogwild_ms, 3)
     row.bound_batched = round(w * row.bench_single_ms / row.bench_batched_ms, 3)
     row.bound_hogwild = round(w * row.bench_single_ms / row.bench_hogwild_ms, 3)

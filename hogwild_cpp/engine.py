@@ -95,6 +95,8 @@ class Result:
     answer_source: str | None = None    # "worker": written by a worker; "finisher": forced at the budget
     answer_worker: str | None = None    # the worker who wrote it
     decode_s: float = 0.0               # of generate_s: inside llama.cpp's decode of the steps (the rest is ours)
+    boundary_s: float = 0.0             # of generate_s: the steps whose decode wrote more than a token for a worker
+    boundary_steps: int = 0             # (a new step's label or a header: the step boundaries), and how many
     finished_steps: dict[str, int] = field(default_factory=dict)  # each worker's steps committed to the history
 
 
@@ -172,6 +174,7 @@ class Engine:
         self.finished_tokens = 0
         self.checks_done = 0
         self.decode_s = 0.0
+        self.boundary_s, self.boundary_steps = 0.0, 0  # steps at step boundaries (Result.boundary_s)
         self._views_stale = True  # the workers' views need laying out again (see _decode_step)
         self.on_step = None  # hogwild eval: called as on_step(engine, steps_done) before each step (None: off)
 
@@ -198,10 +201,12 @@ class Engine:
                 reason, n_steps = "interrupted", step
                 break
             n_steps = step + 1
+            t_step = time.perf_counter()
             decoded = self._decode_step(keep=self.finisher_room)
             if decoded is None:  # no room for the step's tokens or the copies attention needs
                 reason = "ctx_full"
                 break
+            boundary = any(len(w.pending) > 1 for w in decoded[1])
             yield from deferred
             deferred = []
             self._wait()
@@ -219,6 +224,9 @@ class Engine:
                 elif self.model.is_eog(w.pending[0]) and self.s.stop_on_eos:
                     reason = "eos"
             deferred.append(DecodeProgress(n_steps, self.s.max_steps, self.cache.used_cells(), self.ctx.n_ctx))
+            if boundary:
+                self.boundary_s += time.perf_counter() - t_step
+                self.boundary_steps += 1
             if answer is not None:
                 reason = "answer"
                 break
@@ -248,7 +256,8 @@ class Engine:
                         prompt_tokens=len(self.prompt.tokens), prompt_s=prompt_s,
                         generated={w.name: w.generated for w in self.workers}, generate_s=generate_s,
                         steps=n_steps, finisher=finisher, answer_source=source, answer_worker=by,
-                        decode_s=self.decode_s, finished_steps={w.name: w.step_no - 1 for w in self.workers})
+                        decode_s=self.decode_s, boundary_s=self.boundary_s, boundary_steps=self.boundary_steps,
+                        finished_steps={w.name: w.step_no - 1 for w in self.workers})
         if self.trace:
             self.trace.end(self.cache.blocks.values(), result.reason, result.answer, source, by)
         yield DoneEvent(result)

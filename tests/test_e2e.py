@@ -43,12 +43,19 @@ def test_bench_e2e_times_the_engine_loop_for_each_worker_count(model_path, tmp_p
         # decoding is part of a step: the loop is never faster than its decodes
         assert 0 < r["decode_ms_per_step"] <= r["ms_per_step"] and r["loop_overhead"] >= 1.0
         assert 0 <= r["graphs_reused"] <= 1.0 + 1e-9
+        # a step ends every 8 sampled tokens: some steps decode the next step's label, most one token a worker;
+        # the two kinds of step add up to the run
+        assert 0 < r["boundary_steps"] < r["steps"] / 2 and 0 < r["boundary_share"] < 1
+        total = r["ms_per_step"] * r["steps"]
+        assert r["boundary_share"] * total + r["plain_ms_per_step"] * (r["steps"] - r["boundary_steps"]) == \
+            pytest.approx(total, rel=2e-3)
     assert rows[0]["speedup_vs_1"] == 1.0
     for r in rows:  # the bench's steps at the run's W and mean view length, in the same process
         assert r["final_ctx"] > r["view_ctx"] > 0 and 0 < r["bench_single_ms"]
         assert 0 < r["bench_hogwild_ms"] and 0 < r["bench_batched_ms"]
         # ratios of the row's own numbers, rounded to 3 places
         assert r["run_vs_bench"] == pytest.approx(r["ms_per_step"] / r["bench_hogwild_ms"], abs=5e-4)
+        assert r["plain_vs_bench"] == pytest.approx(r["plain_ms_per_step"] / r["bench_hogwild_ms"], abs=5e-4)
         assert r["bound_hogwild"] == pytest.approx(r["workers"] * r["bench_single_ms"] / r["bench_hogwild_ms"],
                                                    abs=5e-4)
         assert r["bound_batched"] == pytest.approx(r["workers"] * r["bench_single_ms"] / r["bench_batched_ms"],
