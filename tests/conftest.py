@@ -49,6 +49,21 @@ def short_rules_file(directory) -> Path:
     return path
 
 
+@pytest.fixture
+def run_prompts(monkeypatch) -> list[str]:
+    """The prompt each run's workers read (protocol.chat_prompt's results), in order, while the test runs."""
+    from hogwild_cpp import protocol
+
+    prompts, real = [], protocol.chat_prompt
+
+    def chat_prompt(*args, **kwargs):
+        prompts.append(real(*args, **kwargs))
+        return prompts[-1]
+
+    monkeypatch.setattr(protocol, "chat_prompt", chat_prompt)
+    return prompts
+
+
 @pytest.fixture(scope="module")
 def one_layer(tmp_path_factory):
     """One layer: a token's KV depends on token and position only, so every view replays exactly."""

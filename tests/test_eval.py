@@ -158,18 +158,10 @@ def test_eval_end_to_end_on_the_default_model(tmp_path):
     assert (out / "report.html").exists() and (out / "accuracy.png").exists()
 
 
-def test_eval_system_prompt_opens_every_runs_prompt_and_keys_the_resume(one_layer, tmp_path, monkeypatch):
+def test_eval_system_prompt_opens_every_runs_prompt_and_keys_the_resume(one_layer, tmp_path, run_prompts):
     """-sys as on run: every run's prompt opens with it (no chat template here: the text); a rerun with
     another -sys, or none, runs afresh."""
-    from hogwild_cpp import protocol
-
-    prompts, real = [], protocol.chat_prompt
-
-    def chat_prompt(*args, **kwargs):  # the prompt each run's workers read
-        prompts.append(real(*args, **kwargs))
-        return prompts[-1]
-
-    monkeypatch.setattr(protocol, "chat_prompt", chat_prompt)
+    prompts = run_prompts
     out = tmp_path / "out"
     args = ["eval", str(one_layer), "builtin", "--limit", "1", "--budgets", "2", "-np", "1,2", "--temp", "0",
             "-t", "1", "-c", "4096", "--finisher-tokens", "2", "--protocol", str(short_rules_file(tmp_path)),

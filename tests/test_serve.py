@@ -183,19 +183,11 @@ def test_completions_with_the_openai_client(url):
     assert chunks[-1].model_extra["hogwild"]["workers"] == h["workers"]  # same seed, same run
 
 
-def test_a_chats_system_messages_are_its_system_prompt_over_the_servers(tiny, monkeypatch):
+def test_a_chats_system_messages_are_its_system_prompt_over_the_servers(tiny, run_prompts):
     """As llama.cpp's server: a chat request's system messages (and OpenAI's "developer" ones), joined,
     open the workers' prompt in place of the server's -sys; without one, and on /v1/completions, the
     server's -sys does."""
-    from hogwild_cpp import protocol
-
-    prompts, real = [], protocol.chat_prompt
-
-    def chat_prompt(*args, **kwargs):  # the prompt each run's workers read
-        prompts.append(real(*args, **kwargs))
-        return prompts[-1]
-
-    monkeypatch.setattr(protocol, "chat_prompt", chat_prompt)
+    prompts = run_prompts
     with serving(tiny, system_prompt="Server rule.", max_steps=2) as u:
         c = client(u)
         c.chat.completions.create(model="tiny", messages=[
