@@ -19,8 +19,8 @@ from hogwild_cpp.native import Model
 KINDS = [("mul_mat_vec_q", "mat-vec (quantized)"), ("mul_mat_q", "mat-mat (quantized, mmq)"),
          ("mul_mat_vec", "mat-vec (float)"), ("quantize", "quantize activations"),
          ("flash_attn", "flash attention"), ("soft_max", "softmax"), ("rope", "rope"), ("k_set_rows", "set_rows"),
-         ("k_get_rows", "get_rows"), ("k_copy_rows", "copy rows (shadow V)"), ("rms_norm", "rms_norm"), ("cutlass", "cuBLAS/cutlass"),
-         ("gemm", "cuBLAS gemm"), ("gemv", "cuBLAS gemv")]
+         ("k_get_rows", "get_rows"), ("k_copy_rows", "copy rows (shadow V)"), ("rms_norm", "rms_norm"),
+         ("cutlass", "cuBLAS/cutlass"), ("gemm", "cuBLAS gemm"), ("gemv", "cuBLAS gemv")]
 
 
 def kind(name: str) -> str:

@@ -282,12 +282,8 @@ def run(model_path: str, workers: list[int], ctxs: list[int], steps: int = 20, n
     return rows, profiles
 
 
-def markdown(rows: list) -> str:
-    """Rows (Row or E2ERow) as a Markdown table."""
-    return "\n".join([markdown_header(rows[0]), *map(markdown_row, rows)]) if rows else ""
-
-
 def markdown_header(row) -> str:
+    """A Markdown table's header for rows like `row` (Row or E2ERow): printed before the first row."""
     keys = list(asdict(row).keys())
     return "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
 

@@ -101,7 +101,6 @@ def protocol_words() -> list[str]:
     instructions), its worker names, and `hogwild bench --e2e`'s problem."""
     from hogwild_cpp import protocol
     from hogwild_cpp.bench import E2E_PROBLEM
-
     from hogwild_cpp.layouts import LAYOUTS
 
     p, names = protocol.default(), protocol.default_names(8)
