@@ -21,7 +21,10 @@
 # patches/next/*.patch: drafts not yet checked on a GPU, which neither `make` nor this script applies otherwise).
 # The ab phase benches the drafts against the series: builds with them, without, with again (the second and third
 # builds recompile only the files the drafts touch: ~2 minutes for mmvq.cu), one `bench` each
-# (HOGWILD_GPU_AB_FLAGS, default -np 1,2,4,8 -d 1024 --steps 40 -fa on), the build with the drafts left in place.
+# (HOGWILD_GPU_AB_FLAGS, default -np 1,2,4,8 -d 1024 --steps 40 -fa on), the build with the drafts left in place;
+# after each build, benchmarks/batch_logits.py writes a Q4_0 model's logits for 1-9 token batches (the first two
+# builds' are compared bit for bit: ab-logits.txt), and the e2e phase runs (HOGWILD_GPU_AB_E2E, default 8b:1,2,4,8,
+# 200 steps, into ab-N-side/; empty: none).
 set -euo pipefail
 CARRY=${HOGWILD_GPU_CARRY:-.gpu}
 PHASES=${*:-build test bench}
@@ -146,10 +149,18 @@ run_ab() {
         n=$((n + 1))
         if [[ $side == with ]]; then install_build "${DRAFTS[@]}"; else install_build; fi
         echo "== ab $n: $side the drafts $(date +%T)"
+        python3 benchmarks/batch_logits.py "$LOG/ab-$n-$side.npz" || echo "ab logits $n failed"
         python3 cli.py bench /tmp/8b.gguf ${HOGWILD_GPU_AB_FLAGS:--np 1,2,4,8 -d 1024 --steps 40 -fa on} -ngl 99 \
             --device "$dev-$side-drafts" --json "$LOG/ab-$n-$side.json" 2>&1 | tee "$LOG/ab-$n-$side.md" \
             | grep -v "^bench:" || echo "ab bench $n stopped early"
+        if [[ -n ${HOGWILD_GPU_AB_E2E-8b:1,2,4,8} ]]; then  # and the run's own loop (shadow buckets, label decodes)
+            mkdir -p "$LOG/ab-$n-$side"
+            LOG=$LOG/ab-$n-$side HOGWILD_GPU_E2E=${HOGWILD_GPU_AB_E2E-8b:1,2,4,8} HOGWILD_GPU_E2E_STEPS=200 run_e2e \
+                | grep -v "^bench:" || echo "ab e2e $n stopped early"
+        fi
     done
+    # drafts that only change speed must not change a bit of the logits
+    python3 benchmarks/batch_logits.py --compare "$LOG/ab-1-with.npz" "$LOG/ab-2-without.npz" | tee "$LOG/ab-logits.txt" || true
 }
 
 install_build ${DRAFTS[@]+"${DRAFTS[@]}"}
