@@ -10,10 +10,12 @@ kernel the stock ratio W·single/batched rests on.
 
 import argparse
 import random
+import statistics
+import time
 
 from hogwild_cpp import bench
 from hogwild_cpp.cache import SharedCache
-from hogwild_cpp.native import Model
+from hogwild_cpp.native import Context, Model
 
 # kernel name prefixes, first match wins
 KINDS = [("mul_mat_vec_q", "mat-vec (quantized)"), ("mul_mat_q", "mat-mat (quantized, mmq)"),
@@ -38,6 +40,28 @@ def grouped(prof: dict) -> dict[str, float]:
     return out
 
 
+def host_before_decode(step, steps: int) -> float:
+    """Median ms from the start of a step to its call of llama_decode (the host work the GPU waits for, apart
+    from llama_decode's own: the hogwild plan and the masks, inside the wall time only)."""
+    plain, marks = Context.decode, []
+
+    def marked(ctx, items, copy_logits=True):
+        marks.append(time.perf_counter())
+        return plain(ctx, items, copy_logits=copy_logits)
+
+    Context.decode = marked
+    try:
+        times = []
+        for _ in range(steps):
+            marks.clear()
+            t0 = time.perf_counter()
+            step()
+            times.append(1e3 * (marks[0] - t0))
+    finally:
+        Context.decode = plain
+    return statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -53,12 +77,14 @@ def main() -> None:
         for label, setup in (("batched", bench.batched_setup), ("hogwild", bench.hogwild_setup)):
             step, obj = setup(model, w, a.depth, a.steps, 0, rng, a.flash_attn)
             ms = bench._median_ms(step, a.steps)
+            before = host_before_decode(step, a.steps)
             prof = bench.kernel_profile(step)
             (obj.ctx if isinstance(obj, SharedCache) else obj).close()
             if prof is None:
                 raise SystemExit("no kernel profile: a CUDA build and PyTorch are needed")
             parts = sorted(grouped(prof).items(), key=lambda kv: -kv[1])
-            print(f"W={w} {label}: wall {ms:.3f} ms, GPU {prof['gpu_ms']:.3f} ms, {prof['kernels']:.0f} kernels")
+            print(f"W={w} {label}: wall {ms:.3f} ms, GPU {prof['gpu_ms']:.3f} ms, {prof['kernels']:.0f} kernels; "
+                  f"before the decode call (Python, cache operations) {before:.3f} ms")
             for name, gms in parts:
                 if gms > 0.005:
                     print(f"    {name:28s} {gms:7.3f} ms  {100 * gms / prof['gpu_ms']:5.1f}%")
